@@ -1,0 +1,77 @@
+"""What a user sees: arguments at start, tqdm bars, TensorBoard scalars, one JSON line per epoch.
+
+Only the main process writes anything; on other ranks a :class:`Tracker` is silent, so callers
+never branch on the rank themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss becomes NaN or infinite."""
+
+
+def format_args(args: argparse.Namespace | dict, commit: str | None = None) -> str:
+    """The sorted arguments, one per line, and the git commit when known."""
+    items = vars(args) if isinstance(args, argparse.Namespace) else args
+    lines = [f"  {k}: {items[k]!r}" for k in sorted(items)]
+    head = f"git commit: {commit or 'unknown'}\narguments:"
+    return "\n".join([head, *lines])
+
+
+def check_finite(loss: torch.Tensor, terms: dict, step: int) -> None:
+    """Stop with a message naming the step and every loss term when ``loss`` is not finite."""
+    if math.isfinite(float(loss)):
+        return
+    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(terms.items()))
+    raise NonFiniteLossError(
+        f"non-finite loss {float(loss)} at global step {step} (terms: {detail}). "
+        "The last good checkpoint is kept; lower --lr or try without --amp, then --resume.")
+
+
+class Tracker:
+    """TensorBoard scalars by global step plus ``log.jsonl``, written by the main process only."""
+
+    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True, purge_step: int | None = None):
+        self.enabled = enabled
+        self.out_dir = Path(out_dir)
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow, and unused on other ranks
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            # purge_step drops events a crashed run logged past the step it resumes from
+            self.writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=purge_step)
+
+    def print(self, *args, **kwargs) -> None:
+        if self.enabled:
+            tqdm.write(" ".join(str(a) for a in args), file=sys.stdout, **kwargs)
+
+    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar(prefix + name, float(value), step)
+
+    def epoch(self, record: dict) -> None:
+        """Append one JSON line to ``log.jsonl``."""
+        if not self.enabled:
+            return
+        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def progress(self, iterable=None, **kwargs) -> tqdm:
+        """A tqdm bar on the main process, a silent one elsewhere."""
+        return tqdm(iterable, disable=not self.enabled, dynamic_ncols=True, **kwargs)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,16 @@
+"""Backbones, the multi-level MFO model and the downstream classifier."""
+from models.backbones import BACKBONES, build_backbone
+from models.classifier import VideoClassifier, load_backbone
+from models.mfo import MFOModel
+from models.temporal import MotionExcitation, pool_time, stack_reversed
+
+__all__ = [
+    "BACKBONES",
+    "MFOModel",
+    "MotionExcitation",
+    "VideoClassifier",
+    "build_backbone",
+    "load_backbone",
+    "pool_time",
+    "stack_reversed",
+]

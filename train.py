@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""MFO self-supervised pretraining (Qian et al., ICCV 2021).
+
+One process:                      python train.py --csv_file kinetics.csv
+One worker per GPU (or --nproc
+CPU workers) on this machine:     python train.py --csv_file kinetics.csv --multiprocessing-distributed
+Several machines:                 torchrun --nnodes N --nproc_per_node G ... train.py --csv_file kinetics.csv
+Tiny run on generated data:       python train.py --demo
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datasets import FrameDecodeError, PretrainDataset
+from engine import distributed
+from engine.checkpoint import (CheckpointError, git_commit, load_checkpoint, resolve_resume, rng_state,
+                               save_checkpoint, set_rng_state, unwrap)
+from engine.sampling import ResumableSampler, SeededSamples
+from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args
+from losses import PrototypeBank, mfo_objective
+from models import BACKBONES, MFOModel
+
+# `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
+DEMO_DATA = Path("data/demo")
+DEMO_DEFAULTS = dict(seq=8, img_dim=32, train_batch=8, workers=0, cluster=8, epoch=6, split=3, queue_start=2,
+                     lr_decay=5, queue_size=64, save_every=0, out_dir="runs/demo")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="MFO self-supervised video pretraining.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--csv_file", default=None, help="pretraining CSV, rows `path,frames` (see scripts/make_csv.py)")
+    g.add_argument("--seq", type=int, default=16, help="frames per clip (T)")
+    g.add_argument("--sample", type=int, default=2, help="clips a, b taken back to back from each video")
+    g.add_argument("--img_dim", type=int, default=112, help="crop size in pixels")
+    g.add_argument("--rate", type=float, default=3.0, help="upper bound of the random frame sampling rate")
+    g.add_argument("--train_batch", type=int, default=64, help="videos per batch, per process")
+    g.add_argument("--workers", type=int, default=8, help="data loader workers, per process")
+    g.add_argument("--strict_data", action="store_true",
+                   help="stop at the first unreadable frame or missing folder instead of replacing the video")
+    g.add_argument("--demo", action="store_true",
+                   help=f"build a synthetic dataset in {DEMO_DATA} and pretrain a tiny configuration on it "
+                        "(explicit flags still win)")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default="r3d18", choices=sorted(BACKBONES), help="backbone")
+    g.add_argument("--channel", type=int, default=128, help="embedding width C of every head")
+    g.add_argument("--cluster", type=int, default=1000, help="number of prototypes K (paper: 1000 Kinetics, 200 UCF)")
+    g = p.add_argument_group("optimisation and schedule (epochs count from 0)")
+    g.add_argument("--epoch", type=int, default=100, help="number of epochs")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--wd", type=float, default=1e-5, help="Adam weight decay")
+    g.add_argument("--lr_decay", type=int, default=70, help="epoch at which the learning rate is multiplied by 0.1")
+    g.add_argument("--split", type=int, default=20, help="epoch from which the graph constraint is added")
+    g.add_argument("--thres", "-thres", type=float, default=0.05,
+                   help="similarity threshold of the graph inference")
+    g.add_argument("--queue_size", type=int, default=1024, help="rows of the prototype bank (FIFO of logits)")
+    g.add_argument("--queue_start", type=int, default=10,
+                   help="epoch from which Sinkhorn runs over the whole bank instead of the current batch")
+    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only; ignored on CPU)")
+    g.add_argument("--freeze_bn", action="store_true",
+                   help="keep BatchNorm layers in eval mode (running statistics); used to compare runs "
+                        "over different numbers of workers")
+    g = p.add_argument_group("run")
+    g.add_argument("--out_dir", default="runs/mfo", help="folder for checkpoints, TensorBoard logs and log.jsonl")
+    g.add_argument("--resume", default="",
+                   help="'auto' continues from OUT_DIR/last.pth when present; or a checkpoint path")
+    g.add_argument("--save_every", type=int, default=1000,
+                   help="also write last.pth every this many steps (0: only at epoch ends)")
+    g.add_argument("--max_steps", type=int, default=0,
+                   help="stop after this many global steps, saving last.pth (0: run all epochs)")
+    g.add_argument("--seed", type=int, default=0, help="base seed; worker r seeds itself with seed + r")
+    g = p.add_argument_group("distributed")
+    g.add_argument("--multiprocessing-distributed", action="store_true",
+                   help="spawn one worker per GPU (NCCL, SyncBatchNorm), or --nproc CPU workers (gloo) without GPU")
+    g.add_argument("--nproc", type=int, default=1, help="CPU workers spawned when no GPU is present")
+    g.add_argument("--world-size", type=int, default=1, help="number of machines (nodes) for the spawn launcher")
+    g.add_argument("--rank", type=int, default=0, help="index of this machine (node) for the spawn launcher")
+    g.add_argument("--dist-url", default="auto",
+                   help="rendezvous URL, e.g. tcp://HOST:PORT; 'auto' picks a free port on 127.0.0.1 (one machine)")
+    g.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                   help="auto: nccl with CUDA, else gloo")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.demo:  # demo values replace the defaults, so flags given explicitly still win
+        parser.set_defaults(**DEMO_DEFAULTS, csv_file=str(DEMO_DATA / "pretrain.csv"))
+        args = parser.parse_args(argv)
+    if args.csv_file is None:
+        parser.error("--csv_file is required (or --demo for a run on generated data)")
+    for name in ("seq", "sample", "img_dim", "train_batch", "epoch", "cluster", "channel", "queue_size", "nproc"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.rate < 1:
+        parser.error("--rate must be at least 1")
+    return args
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, ResumableSampler]:
+    dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, rate=args.rate, img_dim=args.img_dim)
+    sampler = ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=args.seed)
+    if len(sampler) < args.train_batch:
+        raise SystemExit(f"{args.csv_file}: {len(dataset)} usable videos give {len(sampler)} per process, fewer than "
+                         f"--train_batch {args.train_batch} x {ctx.world_size} process(es); lower --train_batch.")
+    samples = SeededSamples(dataset, seed=args.seed, errors=(FrameDecodeError, OSError), strict=args.strict_data)
+    loader = DataLoader(samples, batch_size=args.train_batch, sampler=sampler, num_workers=args.workers,
+                        pin_memory=ctx.device.type == "cuda", drop_last=True,
+                        persistent_workers=False, prefetch_factor=4 if args.workers > 0 else None)
+    return loader, sampler
+
+
+def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict]:
+    """Train on one process; returns the per-step loss terms (for in-process callers and tests)."""
+    torch.manual_seed(args.seed)  # same initial model on every rank (DDP also broadcasts rank 0's)
+    model = MFOModel(backbone=args.arch, channel=args.channel, cluster=args.cluster).to(ctx.device)
+    distributed.seed_worker_process(args.seed + ctx.rank)
+    loader, sampler = build_loader(args, ctx)
+    bank = PrototypeBank(size=args.queue_size, cluster=args.cluster,
+                         generator=torch.Generator().manual_seed(args.seed)).to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.wd)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay], gamma=0.1)
+
+    start_epoch, skip_steps, global_step = 0, 0, 0
+    resume = resolve_resume(args.resume, args.out_dir)
+    state = load_checkpoint(resume, map_location=ctx.device) if resume is not None else None
+    # purge_step drops TensorBoard events logged after the checkpoint by an interrupted run
+    tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=state["global_step"] + 1 if state else None)
+    tracker.print(format_args(args, git_commit()))
+    amp = args.amp and ctx.device.type == "cuda"
+    if args.amp and not amp:
+        tracker.print("warning: --amp needs CUDA; running in float32 on CPU")
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            theirs = {k: state["args"].get(k) for k in ("arch", "channel", "cluster")}
+            raise CheckpointError(f"{resume} does not fit this model (it was written with {theirs}): {e}") from e
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        bank.load_state_dict(state["bank"])
+        start_epoch, skip_steps, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        if len(state["rng"]) == ctx.world_size:
+            set_rng_state(state["rng"][ctx.rank])
+        tracker.print(f"resumed from {resume}: epoch {start_epoch}, step {skip_steps} of the epoch, "
+                      f"global step {global_step}")
+
+    if ctx.world_size > 1:
+        if ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # graph heads are unused before --split
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
+    core = unwrap(model)
+
+    def save(epoch: int, step_in_epoch: int, names: list[str]) -> None:
+        rngs = distributed.all_gather_object(rng_state())  # a collective: every rank calls it
+        if not ctx.is_main:
+            return
+        state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "bank": bank.state_dict(), "epoch": epoch,
+                 "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": rngs,
+                 "args": vars(args), "commit": git_commit()}
+        for name in names:
+            save_checkpoint(state, Path(args.out_dir) / name)
+
+    history = []
+    steps_per_epoch = len(sampler) // args.train_batch
+    for epoch in range(start_epoch, args.epoch):
+        sampler.set_epoch(epoch, skip=skip_steps * args.train_batch)
+        set_train_mode(model, args.freeze_bn)
+        use_graph, use_queue = epoch >= args.split, epoch >= args.queue_start
+        sums: dict[str, float] = {}
+        replaced = 0
+        bar = tracker.progress(loader, total=steps_per_epoch, initial=skip_steps, desc=f"epoch {epoch}")
+        tic = time.perf_counter()
+        step = skip_steps
+        for step, (clips, n_replaced) in enumerate(bar, start=skip_steps + 1):
+            data_time = time.perf_counter() - tic
+            clips = clips.to(ctx.device, non_blocking=True)  # [B,3,3,T,H,W]
+            core.normalize_prototypes()
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(clips, with_graph=use_graph)
+            out = {k: v.float() for k, v in out.items()}
+            loss, terms = mfo_objective(out, bank, use_graph=use_graph, use_queue=use_queue, thres=args.thres)
+            global_step += 1
+            check_finite(loss, terms, global_step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if epoch == 0:  # prototypes stay fixed during the first epoch
+                for p in core.prototypes.parameters():
+                    p.grad = None
+            optimizer.step()
+
+            step_time = time.perf_counter() - tic
+            replaced += distributed.sum_over_workers(int(n_replaced.sum()))
+            record = {"loss": float(loss), **{k: float(v) for k, v in terms.items()}}
+            history.append(record)
+            for k, v in record.items():
+                sums[k] = sums.get(k, 0.0) + v
+            clips_per_s = 3 * clips.shape[0] * ctx.world_size / step_time
+            tracker.scalars({f"train/{k}": v for k, v in record.items()}, global_step)
+            tracker.scalars({"train/lr": optimizer.param_groups[0]["lr"], "speed/clips_per_s": clips_per_s,
+                             "speed/data_wait_fraction": data_time / step_time,
+                             "data/replaced_videos": replaced}, global_step)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", clips_s=f"{clips_per_s:.1f}")
+            stop = args.max_steps and global_step >= args.max_steps
+            if stop or (args.save_every and global_step % args.save_every == 0):
+                save(epoch, step, ["last.pth"])
+            if stop:
+                tracker.print(f"stopped after {global_step} steps (--max_steps); continue with --resume auto")
+                tracker.close()
+                return history
+            tic = time.perf_counter()
+        bar.close()
+
+        n = step - skip_steps
+        scheduler.step()
+        skip_steps = 0
+        summary = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
+                   "replaced_videos": replaced, **{k: v / max(n, 1) for k, v in sums.items()}}
+        tracker.epoch(summary)
+        tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                                                     if k not in ("epoch",)))
+        save(epoch + 1, 0, ["last.pth", f"epoch_{epoch:04d}.pth"])
+    tracker.close()
+    return history
+
+
+def main(argv=None) -> list[dict] | None:
+    args = parse_args(argv)
+    if args.demo and args.csv_file == str(DEMO_DATA / "pretrain.csv"):
+        from scripts.make_demo_data import make_demo_data
+        make_demo_data(DEMO_DATA)
+    if not Path(args.csv_file).is_file():
+        raise SystemExit(f"--csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
+    try:
+        return distributed.launch(main_worker, args)
+    except (NonFiniteLossError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from e
+    except torch.multiprocessing.ProcessRaisedException as e:  # a spawned worker failed: its traceback says why
+        raise SystemExit(f"error in a worker process:\n{e}") from e
+
+
+if __name__ == "__main__":
+    main()
