@@ -1,0 +1,125 @@
+"""Frame folders and their CSV indexes: naming, counting, reading with validation, writing.
+
+A frame folder holds ``image_00001.jpg ... image_0000N.jpg`` (1-based, 5 digits); the code
+uses 0-based frame indices: index i lives in ``image_{i+1:05d}.jpg``.
+
+Rows have no header: ``path,frames`` (pretraining) or ``path,frames,label`` (downstream,
+``label`` a 0-based class index). A relative ``path`` is resolved against the folder of the
+CSV file, so a dataset folder holding its CSVs can be moved as a whole.
+"""
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, NamedTuple, Optional
+
+
+class DataError(ValueError):
+    """A data file (CSV, split list, frame folder) is malformed; the message says where and why."""
+
+
+class VideoRecord(NamedTuple):
+    """One row of an index: a frame folder, its number of frames and its label (or None)."""
+
+    path: Path
+    frames: int
+    label: Optional[int] = None
+
+
+def frame_name(index: int) -> str:
+    """File name of the 0-based frame ``index``."""
+    return f"image_{index + 1:05d}.jpg"
+
+
+def count_frames(folder) -> int:
+    """Number of consecutive frames ``image_00001.jpg ...`` in ``folder`` (no glob: names may hold ``[``)."""
+    names = set(os.listdir(folder))
+    count = 0
+    while frame_name(count) in names:
+        count += 1
+    return count
+
+
+def read_csv(csv_file, require_labels: bool = False, num_classes: Optional[int] = None,
+             check_folders: bool = True) -> list[VideoRecord]:
+    """Read and validate every row of ``csv_file``.
+
+    Rows must all have 2 or all have 3 columns (3 when ``require_labels``); frame counts are
+    positive integers; labels are integers in ``[0, num_classes)`` (``num_classes=None``: only
+    ``>= 0`` is checked); with ``check_folders`` each frame folder must exist.
+    Raises ``DataError`` naming the file, the line and the problem.
+    """
+    csv_file = Path(csv_file)
+    if not csv_file.is_file():
+        raise DataError(f"{csv_file}: no such CSV file; build it with scripts/make_csv.py")
+    base = csv_file.resolve().parent
+    records = []
+    width = None
+    with open(csv_file, newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            if not row:  # blank line
+                continue
+            where = f"{csv_file}, line {line}"
+            if width is None:
+                width = len(row)
+                if width not in (2, 3) or (require_labels and width != 3):
+                    wanted = "3 columns (path,frames,label)" if require_labels else \
+                        "2 columns (path,frames) or 3 (path,frames,label)"
+                    raise DataError(f"{where}: {width} columns, expected {wanted}; "
+                                    "rebuild the file with scripts/make_csv.py")
+            elif len(row) != width:
+                raise DataError(f"{where}: {len(row)} columns, but the first row has {width}; "
+                                "every row needs the same columns (quote paths holding commas)")
+            frames = _parse_int(row[1], where, "frame count")
+            if frames < 1:
+                raise DataError(f"{where}: frame count {frames} is not positive; "
+                                "remove the row or re-extract the video")
+            label = None
+            if width == 3:
+                label = _parse_int(row[2], where, "label")
+                if label < 0 or (num_classes is not None and label >= num_classes):
+                    bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+                    raise DataError(f"{where}: label {label} out of range, expected {bound}")
+            path = Path(row[0])
+            if not path.is_absolute():
+                path = Path(os.path.normpath(base / path))
+            if check_folders and not path.is_dir():
+                raise DataError(f"{where}: frame folder {path} does not exist; "
+                                "extract the frames or fix the path (relative paths are read "
+                                "from the CSV's folder)")
+            records.append(VideoRecord(path, frames, label))
+    if not records:
+        raise DataError(f"{csv_file}: no rows; build it with scripts/make_csv.py")
+    return records
+
+
+def _parse_int(text: str, where: str, what: str) -> int:
+    """``int(text)`` or a DataError naming ``where`` and ``what``."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise DataError(f"{where}: {what} {text!r} is not an integer") from None
+
+
+def write_csv(csv_file, records: Iterable[VideoRecord], relative_to: Optional[Path] = None) -> None:
+    """Write ``records`` atomically (temp file + rename); labels are written when present.
+
+    With ``relative_to`` (normally the CSV's folder) paths are written relative to it.
+    """
+    csv_file = Path(csv_file)
+    csv_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=csv_file.parent, prefix=f".{csv_file.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            for record in records:
+                path = Path(os.path.relpath(record.path, relative_to)) if relative_to else record.path
+                row = [path.as_posix(), record.frames]
+                if record.label is not None:
+                    row.append(record.label)
+                writer.writerow(row)
+        os.replace(tmp, csv_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

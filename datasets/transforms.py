@@ -1,0 +1,186 @@
+"""Clip augmentations: crop boxes, crop + resize of uint8 frames, per-frame gray and jitter.
+
+What torchvision lacks and is written here: per-frame "random gray" (one random RGB channel
+copied to all three) and per-frame colour jitter, both vectorised over the frames (factors as
+``[N, 1, 1, 1]`` tensors). The jitter ops follow ``torchvision.transforms.v2.functional``'s
+tensor kernels exactly (same formulas, clamps and HSV hue), so one frame of the output equals
+calling ``adjust_brightness`` / ``adjust_contrast`` / ``adjust_saturation`` / ``adjust_hue``
+on that frame in its drawn order. Crop boxes are drawn per clip (see ``sample_box``).
+Randomness comes from torch's global generator (seeded per DataLoader worker).
+"""
+
+from typing import Sequence
+
+import torch
+from torchvision import transforms
+from torchvision.transforms.v2 import functional as F
+
+from datasets.frames import Box
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # jitter op ids, as in an ``order`` row
+
+
+def crop_resize(frames: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """Crop ``box`` from uint8 frames ``[T, H, W, 3]`` and resize it to ``size`` x ``size``
+    (bilinear, antialiased): uint8 ``[T, 3, size, size]`` (channels-last memory, the fast path
+    of torch's uint8 resize). The box is rounded to whole pixels of the given frames."""
+    height, width = frames.shape[1:3]
+    left, top = round(box[0] * width), round(box[1] * height)
+    right, bottom = max(round(box[2] * width), left + 1), max(round(box[3] * height), top + 1)
+    return F.resized_crop(frames.permute(0, 3, 1, 2), top, left, bottom - top, right - left,
+                          [size, size], antialias=True)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std normalisation of ``[..., 3, H, W]`` (in place)."""
+    return F.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD), inplace=True)
+
+
+def denormalize(x: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
+    """Undo ``normalize``: back to [0, 1] (clamped); ``channel_dim=0`` fits a clip ``[3, T, H, W]``."""
+    shape = [1] * x.dim()
+    shape[channel_dim] = 3
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(shape)
+    return (x * std + mean).clamp_(0, 1)
+
+
+def sample_box(ref_w: int, ref_h: int, area: tuple[float, float],
+               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+    """A random-resized-crop box drawn on a ``ref_w`` x ``ref_h`` frame, as fractions.
+
+    torchvision's ``RandomResizedCrop`` sampler (area fraction, log-uniform aspect, 10 tries,
+    centre fallback). Drawing in a reference geometry and mapping the fractions to the decoded
+    frame gives the crops of "resize every frame to ref size, then crop" without the resize.
+    """
+    ref = torch.empty(1, 1, 1).expand(1, ref_h, ref_w)  # only its shape is read
+    top, left, height, width = transforms.RandomResizedCrop.get_params(ref, list(area), list(ratio))
+    return (left / ref_w, top / ref_h, (left + width) / ref_w, (top + height) / ref_h)
+
+
+def view_boxes(width: int, height: int, views: str, crop: float) -> list[tuple[Box, bool]]:
+    """Deterministic test crops of a ``width`` x ``height`` frame: ``[(box, hflip), ...]``.
+
+    Square crops of side ``crop`` x short side; 'center': the centre one; 'five': top-left,
+    top-right, bottom-left, bottom-right, centre; 'ten': the five, then the five flipped.
+    """
+    if views not in ("center", "five", "ten"):
+        raise ValueError(f"views={views!r}: expected 'center', 'five' or 'ten'")
+    side = crop * min(width, height)
+    fw, fh = side / width, side / height  # box size as fractions
+    cx, cy = (1 - fw) / 2, (1 - fh) / 2
+    corners = [(0.0, 0.0), (1 - fw, 0.0), (0.0, 1 - fh), (1 - fw, 1 - fh), (cx, cy)]
+    boxes = [((x, y, x + fw, y + fh), False) for x, y in corners]
+    if views == "center":
+        return boxes[-1:]
+    if views == "five":
+        return boxes
+    return boxes + [(box, True) for box, _ in boxes]
+
+
+def gray_channels(x: torch.Tensor, mask: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    """Frames ``n`` with ``mask[n]`` get channel ``channel[n]`` copied to all three (in place);
+    ``x [N, 3, H, W]``."""
+    rows = mask.nonzero().squeeze(1)  # [M]
+    picked = x[rows, channel[rows]].unsqueeze(1)  # [M, 1, H, W]
+    x[rows] = picked.expand(-1, 3, -1, -1)
+    return x
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma ``[N, 1, H, W]`` of ``x [N, 3, H, W]``."""
+    r, g, b = x.unbind(1)
+    return (r * _GRAY_WEIGHTS[0]).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``clamp(f x + (1 - f) other, 0, 1)``; ``f [N, 1, 1, 1]``."""
+    return torch.lerp(other, x, f).clamp_(0, 1)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of ``x [N,3,H,W]`` by ``shift [N,1,1,1]`` turns (torchvision's result).
+
+    With hue h in sixths of a turn ([0, 6)), max, min and chroma c = max - min, channel n
+    (R: 5, G: 3, B: 1) of HSV -> RGB is ``max - c * clamp(2 - a, 0, 1)`` with
+    ``a = ||h + n - 5| - 3|`` (the hexagon ramp, branch-free), i.e. ``min - c + c * clamp(a, 1, 2)``.
+    Written without torch.where / remainder, which are several times slower on CPU.
+    """
+    r, g, b = x.unbind(1)  # [N, H, W] each
+    high, low = x.amax(dim=1), x.amin(dim=1)  # [N, H, W]
+    chroma = high - low
+    # max at R -> (g - b) / c; at G (not R) -> 2 + (b - r) / c; else 4 + (r - g) / c
+    is_r = (high == r).float()
+    is_g = (high == g).float().mul_(1 - is_r)
+    is_b = 1 - is_r - is_g
+    hue6 = is_r * (g - b) + is_g * (b - r + 2 * chroma) + is_b * (r - g + 4 * chroma)
+    hue6.div_(chroma.clamp_min(1e-12))  # grey pixels (chroma 0): 0, their hue does not matter
+    hue6.add_(shift.view(-1, 1, 1) * 6)
+    hue6.sub_(torch.floor(hue6 * (1 / 6)), alpha=6)  # into [0, 6)
+    offsets = torch.tensor([0.0, -2.0, -4.0], dtype=x.dtype).view(1, 3, 1, 1)  # n - 5
+    a = (hue6.unsqueeze(1) + offsets).abs_().sub_(3).abs_().clamp_(1, 2)  # [N, 3, H, W]
+    return torch.addcmul((low - chroma).unsqueeze(1), a, chroma.unsqueeze(1))
+
+
+def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
+    """One colour op with per-frame factors ``f [N, 1, 1, 1]`` on ``x [N, 3, H, W]``."""
+    if op == BRIGHTNESS:
+        return (x * f).clamp_(0, 1)
+    if op == CONTRAST:
+        return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), f)
+    if op == SATURATION:
+        return _blend(x, _grayscale(x), f)
+    return _hue(x, f)
+
+
+def draw_jitter(n: int, brightness: float, contrast: float, saturation: float,
+                hue: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame jitter ``factors [n, 4]`` and ``order [n, 4]``, drawn as torchvision's ColorJitter.
+
+    Brightness/contrast/saturation ~ U[max(0, 1 - v), 1 + v], hue ~ U[-hue, hue]; each row of
+    ``order`` is a random permutation of the op ids.
+    """
+    low = torch.tensor([max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue])
+    high = torch.tensor([1 + brightness, 1 + contrast, 1 + saturation, hue])
+    factors = low + (high - low) * torch.rand(n, 4)  # [n, 4]
+    order = torch.rand(n, 4).argsort(dim=1)  # [n, 4]
+    return factors, order
+
+
+def augment_frames(frames: torch.Tensor, gray: torch.Tensor, channel: torch.Tensor,
+                   factors: torch.Tensor, order: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Per-frame gray, colour jitter and ImageNet normalisation of uint8 ``frames [N, 3, H, W]``.
+
+    Frame n: if ``gray[n]``, channel ``channel[n]`` is copied to all three; then the jitter ops
+    with ``factors[n]`` (brightness, contrast, saturation, hue) in the order ``order[n]``.
+    Frames sharing an order (at most 24 groups) are converted, augmented and normalised
+    together, a few at a time so that they stay in cache, and written to float ``out
+    [..., 3, H, W]``, whose leading dims enumerate the N frames in row-major order (it may be
+    a strided view, e.g. ``[K, 3, T, H, W].transpose(1, 2)``). Returns ``out``.
+    """
+    code, sort = (order @ torch.tensor([64, 16, 4, 1])).sort()  # [N] one id per permutation
+    lead = out.shape[:-3]
+    start = 0
+    for count in torch.unique_consecutive(code, return_counts=True)[1].tolist():
+        rows = sort[start:start + count]  # [M]
+        x = frames[rows].to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+        x = gray_channels(x, gray[rows], channel[rows])  # [M, 3, H, W]
+        f = factors[rows].view(-1, 4, 1, 1, 1)
+        for op in order[rows[0]].tolist():
+            x = _jitter_op(x, op, f[:, op])
+        out[torch.unravel_index(rows, lead)] = normalize(x)
+        start += count
+    return out
+
+
+def random_augment_frames(frames: torch.Tensor, jitter: Sequence[float], gray_p: float,
+                          out: torch.Tensor) -> torch.Tensor:
+    """``augment_frames`` with a random draw per frame: gray with probability ``gray_p`` (one
+    random channel), jitter strengths ``jitter`` = (brightness, contrast, saturation, hue)."""
+    n = frames.shape[0]
+    gray, channel = torch.rand(n) < gray_p, torch.randint(0, 3, (n,))
+    factors, order = draw_jitter(n, *jitter)
+    return augment_frames(frames, gray, channel, factors, order, out)

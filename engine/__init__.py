@@ -1,0 +1,1 @@
+"""Shared infrastructure of the entry points: distributed helpers, checkpoints, tracking."""

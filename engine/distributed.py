@@ -1,0 +1,197 @@
+"""Rank helpers and the two all-gathers, the one place that handles ranks.
+
+Every helper works without a process group (a plain single process): ranks are 0,
+the world size is 1 and both gathers return their input. All ranks must pass tensors of
+the same shape to a gather (equal local batches, e.g. a DistributedSampler with
+``drop_last=True``).
+"""
+
+import os
+import random
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _distributed() -> bool:
+    """Whether a default process group is up."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Rank of this process in the default group; 0 without a process group."""
+    return dist.get_rank() if _distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the default group; 1 without a process group."""
+    return dist.get_world_size() if _distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the rank that logs and writes checkpoints."""
+    return get_rank() == 0
+
+
+def find_free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for tcp:// rendezvous in tests).
+
+    The port is released before it is returned, so another process could take it in
+    between; good enough for a local rendezvous started right away.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [B, ...] of every rank along dim 0 in rank order -> [W*B, ...]."""
+    out = x.new_empty((get_world_size() * x.shape[0], *x.shape[1:]))  # [W*B, ...]
+    dist.all_gather_single(out, x.contiguous())
+    return out
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums the gradients of every rank's copy of the local slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.batch = x.shape[0]
+        return _gather(x)  # [W*B, ...]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()  # [W*B, ...]; each rank holds the gradient of its own loss copy
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = get_rank() * ctx.batch
+        return grad[start:start + ctx.batch]  # [B, ...]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Autograd-aware all-gather: ``x`` [B, ...] of every rank concatenated -> [W*B, ...].
+
+    Gradient semantics: every rank computes the loss over the *global* batch, so each rank
+    holds a copy of the same loss. The backward sums the gradients that all W copies give
+    to this rank's slice (an all-reduce, then the local rows), i.e. W times the gradient
+    of the global-batch loss. DDP then averages parameter gradients over the W ranks
+    (divides by W), so every parameter receives exactly the single-process gradient of
+    the global-batch loss. Identity without a process group or with world size 1.
+
+    ``torch.distributed.nn.functional.all_gather`` has the same backward on gloo but is
+    deprecated in the torch version we use, hence this small function.
+    """
+    if get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather without gradient: ``x`` [B, ...] of every rank -> detached [W*B, ...].
+
+    For values that only steer the loss (queues, pseudo-labels, logging). Returns
+    ``x.detach()`` without a process group or with world size 1.
+    """
+    if get_world_size() == 1:
+        return x.detach()
+    with torch.no_grad():
+        return _gather(x.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting processes. One entry point, `launch`, serves the three ways a run is started:
+# a plain single process, `--multiprocessing-distributed` (one worker per GPU, or --nproc CPU
+# workers, spawned here), and `torchrun` (env:// variables already set by the launcher).
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this worker stands: its global rank, the world size and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _spawned(local_rank: int, nprocs: int, worker: Callable, args, url: str) -> None:
+    rank = args.rank * nprocs + local_rank
+    world_size = args.world_size * nprocs
+    dist.init_process_group(_backend(args.dist_backend), init_method=url, world_size=world_size, rank=rank)
+    try:
+        worker(Context(rank, world_size, local_rank, _device(local_rank)), args)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(worker: Callable, args):
+    """Run ``worker(ctx, args)`` in every process this run needs; returns its result in a single process.
+
+    ``args`` needs ``multiprocessing_distributed``, ``nproc``, ``world_size`` (machines), ``rank``
+    (this machine), ``dist_url`` ('auto' = a free port on 127.0.0.1) and ``dist_backend``.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        dist.init_process_group(_backend(args.dist_backend), init_method="env://")
+        try:
+            return worker(Context(dist.get_rank(), dist.get_world_size(), local_rank, _device(local_rank)), args)
+        finally:
+            dist.destroy_process_group()
+    if args.multiprocessing_distributed:
+        nprocs = torch.cuda.device_count() or args.nproc
+        if args.dist_url == "auto":
+            if args.world_size > 1:
+                raise SystemExit("--world-size > 1 needs --dist-url tcp://HOST:PORT of the first machine")
+            url = f"tcp://127.0.0.1:{find_free_port()}"
+        else:
+            url = args.dist_url
+        mp.spawn(_spawned, args=(nprocs, worker, args, url), nprocs=nprocs, join=True)
+        return None
+    return worker(Context(0, 1, 0, _device(0)), args)
+
+
+def seed_worker_process(seed: int) -> None:
+    """Seed Python, NumPy and torch in this process (call inside each worker, with base seed + rank)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj`` in rank order (a collective); ``[obj]`` without a process group."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sum_over_workers(value: float) -> float:
+    """Sum of a number over all ranks (a collective); the number itself without a process group."""
+    if get_world_size() == 1:
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces CUDA tensors only
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()

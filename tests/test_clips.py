@@ -1,0 +1,103 @@
+"""datasets.clips: sliding test windows, views, train clips, short videos, label checks."""
+
+import pytest
+import torch
+from PIL import Image
+
+from datasets import ClipDataset, DataError, denormalize
+from datasets.clips import window_starts
+from datasets.index import frame_name
+
+
+def _csv(tmp_path, videos):
+    """Videos of (frames, label); frame i is a solid grey of level 10 + 4 i."""
+    rows = ""
+    for n, (frames, label) in enumerate(videos):
+        folder = tmp_path / f"v{n}"
+        folder.mkdir()
+        for i in range(frames):
+            Image.new("RGB", (40, 30), (10 + 4 * i,) * 3).save(folder / frame_name(i), quality=95)
+        rows += f"v{n},{frames},{label}\n"
+    (tmp_path / "c.csv").write_text(rows)
+    return tmp_path / "c.csv"
+
+
+def _frame_indices(clip):
+    """Frame index of every frame of a normalised clip [3, T, H, W] of solid-grey frames."""
+    return ((denormalize(clip).mean(dim=(0, 2, 3)) * 255 - 10) / 4).round().long().tolist()
+
+
+@pytest.mark.parametrize("frames, span", [(5, 16), (16, 16), (17, 16), (40, 16), (100, 31), (301, 16)])
+def test_window_starts_cover_with_half_overlap(frames, span):
+    starts = window_starts(frames, span)
+    if frames <= span:
+        assert starts == [0]
+        return
+    assert starts[0] == 0 and starts[-1] == frames - span
+    assert all(0 < b - a <= span / 2 for a, b in zip(starts, starts[1:]))
+    # fewest windows: one fewer could not keep every gap within span / 2
+    assert (len(starts) - 2) * span / 2 < frames - span
+
+
+@pytest.mark.parametrize("views, count", [("center", 1), ("five", 5), ("ten", 10)])
+def test_test_mode_windows_times_views(tmp_path, views, count):
+    dataset = ClipDataset(_csv(tmp_path, [(20, 1)]), "test", seq=4, img_dim=8, stride=2, views=views)
+    clips, label = dataset[0]
+    windows = window_starts(20, 7)  # span (4 - 1) * 2 + 1
+    assert clips.shape == (len(windows) * count, 3, 4, 8, 8) and label == 1
+    for w, start in enumerate(windows):
+        for v in range(count):
+            assert _frame_indices(clips[w * count + v]) == [start, start + 2, start + 4, start + 6]
+    torch.testing.assert_close(dataset[0][0], clips)  # deterministic
+    if views == "ten":
+        torch.testing.assert_close(clips[5:10], clips[0:5].flip(-1))
+
+
+def test_short_video_repeats_its_last_frame(tmp_path):
+    dataset = ClipDataset(_csv(tmp_path, [(3, 0)]), "test", seq=5, img_dim=8)
+    clips, _ = dataset[0]
+    assert clips.shape == (1, 3, 5, 8, 8) and _frame_indices(clips[0]) == [0, 1, 2, 2, 2]
+    train = ClipDataset(tmp_path / "c.csv", "train", seq=5, img_dim=8, jitter_p=0.0)
+    assert _frame_indices(train[0][0]) == [0, 1, 2, 2, 2]
+
+
+def test_train_mode_random_consecutive_clip(tmp_path):
+    torch.manual_seed(0)
+    dataset = ClipDataset(_csv(tmp_path, [(30, 2), (30, 0)]), "train", seq=4, img_dim=8, stride=3, jitter_p=0.0)
+    starts = set()
+    for _ in range(20):
+        clip, label = dataset[0]
+        assert clip.shape == (3, 4, 8, 8) and label == 2
+        indices = _frame_indices(clip)
+        assert [b - a for a, b in zip(indices, indices[1:])] == [3, 3, 3] and 0 <= indices[0] <= 30 - 10
+        starts.add(indices[0])
+    assert len(starts) > 5
+    assert dataset.num_classes == 3
+
+
+def test_train_augmentation_is_one_draw_per_clip(tmp_path):
+    torch.manual_seed(1)
+    folder = tmp_path / "still"
+    folder.mkdir()
+    still = Image.radial_gradient("L").resize((40, 30)).convert("RGB")
+    still.paste((200, 60, 30), (0, 0, 20, 15))
+    for i in range(12):
+        still.save(folder / frame_name(i), quality=95)
+    (tmp_path / "s.csv").write_text("still,12,0\n")
+    dataset = ClipDataset(tmp_path / "s.csv", "train", seq=4, img_dim=8, jitter_p=1.0)
+    first, _ = dataset[0]
+    assert torch.equal(first, first[:, :1].expand_as(first))  # same crop, flip, jitter on all frames
+    assert not torch.allclose(dataset[0][0], first)  # but a new draw per clip
+
+
+def test_errors(tmp_path):
+    csv_file = _csv(tmp_path, [(5, 4)])
+    with pytest.raises(DataError, match="label 4 out of range"):
+        ClipDataset(csv_file, "train", num_classes=4)
+    with pytest.raises(ValueError, match="mode"):
+        ClipDataset(csv_file, "val")
+    with pytest.raises(ValueError, match="views"):
+        ClipDataset(csv_file, "test", views="two")
+    (tmp_path / "p.csv").write_text("v0,5\n")
+    with pytest.raises(DataError, match="expected 3 columns"):
+        ClipDataset(tmp_path / "p.csv", "test")

@@ -1,0 +1,68 @@
+"""datasets.frames: naming, counting, decoding each frame once, reduced-size decode, errors."""
+
+import pytest
+from PIL import Image
+
+from datasets import frames as frames_module
+from datasets.frames import FrameDecodeError, decode_size, frame_size, read_frames
+from datasets.index import frame_name
+
+
+def _folder(root, levels, size=(64, 48)):
+    """A frame folder whose frame i is a solid grey of level ``levels[i]``."""
+    root.mkdir(parents=True)
+    for i, level in enumerate(levels):
+        Image.new("RGB", size, (level,) * 3).save(root / frame_name(i), quality=95)
+    return root
+
+
+def test_read_frames_order_repeats_and_single_decode(tmp_path, monkeypatch):
+    levels = [10, 60, 110, 160, 210]
+    folder = _folder(tmp_path / "v", levels)
+    calls = []
+    decode = frames_module._decode
+    monkeypatch.setattr(frames_module, "_decode", lambda path, need: calls.append(path.name) or decode(path, need))
+    indices = [4, 1, 1, 3, 4, 0]
+    out = read_frames(folder, indices)
+    assert out.shape == (6, 48, 64, 3) and str(out.dtype) == "torch.uint8"
+    means = out.float().mean(dim=(1, 2, 3)).tolist()
+    assert means == pytest.approx([levels[i] for i in indices], abs=2)
+    assert sorted(calls) == sorted(frame_name(i) for i in {4, 1, 3, 0})  # each file once
+
+
+def test_reduced_size_decode_keeps_the_needed_pixels(tmp_path):
+    folder = _folder(tmp_path / "v", [100], size=(320, 240))
+    assert read_frames(folder, [0], need=(80, 60)).shape == (1, 60, 80, 3)  # 1/4 scale
+    assert read_frames(folder, [0], need=(81, 60)).shape == (1, 120, 160, 3)  # 1/4 would be too small
+    assert read_frames(folder, [0], need=(200, 150)).shape == (1, 240, 320, 3)
+    assert read_frames(folder, [0]).shape == (1, 240, 320, 3)
+    assert frame_size(folder) == (320, 240)
+
+
+def test_decode_size_is_the_widest_requirement():
+    boxes = [(0.0, 0.0, 0.5, 1.0), (0.1, 0.2, 0.9, 0.45)]
+    # size / box width and size / box height, maximised over the boxes, rounded up
+    assert decode_size(boxes, 112) == (224, 448)
+
+
+def test_decode_errors_name_the_file(tmp_path):
+    folder = _folder(tmp_path / "v", [10, 20])
+    (folder / frame_name(1)).write_bytes(b"not a jpeg")
+    with pytest.raises(FrameDecodeError) as error:
+        read_frames(folder, [0, 1])
+    assert error.value.path == folder / frame_name(1)
+    assert str(folder / frame_name(1)) in str(error.value) and "re-extract" in str(error.value)
+    with pytest.raises(FrameDecodeError) as error:
+        read_frames(folder, [7])
+    assert error.value.path == folder / frame_name(7)
+    data = (folder / frame_name(0)).read_bytes()
+    (folder / frame_name(0)).write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(FrameDecodeError):
+        read_frames(folder, [0])
+
+
+def test_frames_of_different_sizes_are_an_error(tmp_path):
+    folder = _folder(tmp_path / "v", [10])
+    Image.new("RGB", (32, 48)).save(folder / frame_name(1))
+    with pytest.raises(FrameDecodeError, match="differs from the first frame"):
+        read_frames(folder, [0, 1])

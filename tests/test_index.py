@@ -1,0 +1,81 @@
+"""datasets.index: CSV reading, validation errors and atomic writing."""
+
+import pytest
+from PIL import Image
+
+from datasets.index import DataError, VideoRecord, count_frames, frame_name, read_csv, write_csv
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    """Two frame folders (one with awkward characters) next to where the CSVs go."""
+    a = tmp_path / "frames" / "walk" / "v1"
+    b = tmp_path / "frames" / "[odd] clàss, x" / "v 2"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    return a, b
+
+
+def test_relative_paths_resolve_against_the_csv_folder(tmp_path, folders, monkeypatch):
+    a, b = folders
+    csv_file = tmp_path / "index.csv"
+    csv_file.write_text(f'frames/walk/v1,12,0\n"{b}",40,2\n', encoding="utf-8")
+    monkeypatch.chdir(a)  # the working folder must not matter
+    records = read_csv(csv_file, require_labels=True, num_classes=3)
+    assert records == [VideoRecord(tmp_path / "frames/walk/v1", 12, 0), VideoRecord(b, 40, 2)]
+
+
+def test_write_then_read_round_trip_relative(tmp_path, folders):
+    a, b = folders
+    rows = [VideoRecord(a, 5, 1), VideoRecord(b, 7, 0)]
+    write_csv(tmp_path / "out" / "x.csv", rows, relative_to=tmp_path / "out")
+    text = (tmp_path / "out" / "x.csv").read_text(encoding="utf-8")
+    assert text.startswith("../frames/walk/v1,5,1\n")
+    assert read_csv(tmp_path / "out" / "x.csv") == [VideoRecord(a.resolve(), 5, 1), VideoRecord(b.resolve(), 7, 0)]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.csv"]  # no temp file left
+
+
+def test_two_columns_without_labels(tmp_path, folders):
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text(f'{folders[0]},9\n\n"{folders[1]}",3\n')
+    assert read_csv(csv_file) == [VideoRecord(folders[0], 9), VideoRecord(folders[1], 3)]
+
+
+@pytest.mark.parametrize("text, kwargs, needle", [
+    ("{a},9,0,1\n", {}, "line 1: 4 columns"),
+    ("{a},9\n", {"require_labels": True}, "line 1: 2 columns, expected 3"),
+    ("{a},9\n{a},9,1\n", {}, "line 2: 3 columns, but the first row has 2"),
+    ("{a},9\n{a},nine\n", {}, "line 2: frame count 'nine' is not an integer"),
+    ("{a},0\n", {}, "line 1: frame count 0 is not positive"),
+    ("{a},9,3\n", {"num_classes": 3}, "line 1: label 3 out of range, expected [0, 3)"),
+    ("{a},9,-1\n", {}, "line 1: label -1 out of range"),
+    ("{a},9,x\n", {}, "line 1: label 'x' is not an integer"),
+    ("{a},9\nmissing/dir,9\n", {}, "line 2: frame folder"),
+    ("\n", {}, "no rows"),
+])
+def test_errors_name_file_line_and_problem(tmp_path, folders, text, kwargs, needle):
+    csv_file = tmp_path / "bad.csv"
+    csv_file.write_text(text.format(a=folders[0]))
+    with pytest.raises(DataError) as error:
+        read_csv(csv_file, **kwargs)
+    assert str(csv_file) in str(error.value)
+    assert needle in str(error.value)
+
+
+def test_missing_csv_and_unchecked_folders(tmp_path):
+    with pytest.raises(DataError, match="no such CSV file"):
+        read_csv(tmp_path / "nope.csv")
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("gone,4\n")
+    assert read_csv(csv_file, check_folders=False) == [VideoRecord(tmp_path / "gone", 4)]
+
+
+def test_frame_name_and_count_with_bracket_names(tmp_path):
+    folder = tmp_path / "[a] b" / "v[1]"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(folder / frame_name(i))
+    (folder / frame_name(4)).write_bytes(b"")  # after a gap: not counted
+    (folder / "notes.txt").write_text("x")
+    assert frame_name(0) == "image_00001.jpg" and frame_name(123) == "image_00124.jpg"
+    assert count_frames(folder) == 3

@@ -1,0 +1,145 @@
+"""Tests of losses.total: wiring and weights of the MFO objective, the bank push, 2 workers."""
+
+import multiprocessing
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from engine.distributed import find_free_port
+from losses import (PrototypeBank, graph_constraint, infer_graph, instance_contrast, mfo_objective,
+                    motion_contrast, prototype_swap, temporal_alignment)
+
+WORLD, LOCAL, DIM, C, K, BANK = 2, 3, 4, 5, 6, 8
+SHAPES = {"high": (3, C), "high_t": (3, C, 2), "mid": (2, 3, C), "mid_t": (3, C, 4), "low": (2, 3, C),
+          "low_t": (3, C, 8), "logits": (2, K), "high_g": (3, C), "mid_g": (3, C), "low_g": (3, C)}
+
+
+class _Heads(torch.nn.Module):
+    """Stand-in for the model: one linear map per output, shaped like the MFO outputs."""
+
+    def __init__(self, gen):
+        super().__init__()
+        self.maps = torch.nn.ModuleDict({key: torch.nn.Linear(DIM, torch.Size(shape).numel())
+                                         for key, shape in SHAPES.items()})
+        with torch.no_grad():
+            for param in self.parameters():
+                param.copy_(torch.randn(param.shape, generator=gen) / 2)
+
+    def forward(self, x):  # x [B, DIM]
+        out = {key: self.maps[key](x).view(-1, *shape) for key, shape in SHAPES.items()}
+        for key in ("mid", "low"):
+            out[key] = torch.cat([out[key][:, 0], out[key][:, 1]])  # [2B, 3, C]: forward rows, then reversed
+        return out
+
+
+def _random_out(batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return _Heads(gen)(torch.randn(batch, DIM, generator=gen))
+
+
+def test_total_is_the_weighted_sum_of_the_terms():
+    out = _random_out(4, 0)
+    bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(1))
+    before = bank.queue.clone()
+    loss, terms = mfo_objective(out, bank, use_graph=True, use_queue=True)
+    assert torch.equal(bank.queue, torch.cat([before[4:], out["logits"].detach()]))  # pushed first
+    # every term again from the public functions, with the slicing and the weights of DESIGN §3
+    inst, inst_acc, sim = instance_contrast(out["high"][:, :2])
+    align = {lvl: temporal_alignment(out[f"{lvl}_t"]) for lvl in ("high", "mid", "low")}
+    motion = {lvl: motion_contrast(out[lvl][:4, :2], out[lvl][4:, :2]) for lvl in ("mid", "low")}
+    proto, q_a, q_b = prototype_swap(out["logits"], bank.queue, tau=0.1)
+    labels = (q_a + q_b).argmax(1)
+    graph = infer_graph(sim, labels, thres=0.05)
+    graph_terms = {lvl: graph_constraint(out[f"{lvl}_g"][:, :2], graph) for lvl in ("high", "mid", "low")}
+    want = (inst + align["high"][0] + graph_terms["high"] + 0.5 * graph_terms["mid"] + 0.3 * graph_terms["low"]
+            + 0.5 * (motion["mid"][0] + align["mid"][0]) + 0.3 * (motion["low"][0] + align["low"][0]) + 0.5 * proto)
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(terms["inst"], inst.detach())
+    torch.testing.assert_close(terms["inst_acc"], inst_acc)
+    torch.testing.assert_close(terms["motion_low_acc"], motion["low"][1])
+    torch.testing.assert_close(terms["align_mid"], align["mid"][0].detach())
+    torch.testing.assert_close(terms["proto"], proto.detach())
+    torch.testing.assert_close(terms["graph_low"], graph_terms["low"].detach())
+    assert terms["n_clusters"].item() == len(set(labels.tolist()))
+    assert all(not value.requires_grad and value.dim() == 0 for value in terms.values())
+
+
+def test_switches_graph_and_queue():
+    out = _random_out(4, 2)
+    bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(3))
+    loss, terms = mfo_objective(out, bank, use_graph=False, use_queue=False)
+    assert not any(name.startswith("graph") for name in terms)
+    assert set(terms) >= {"inst", "inst_acc", "align_high", "align_high_acc", "motion_mid", "motion_mid_acc",
+                          "align_low", "motion_low", "proto", "n_clusters"}
+    proto, _, _ = prototype_swap(out["logits"], out["logits"].detach(), tau=0.1)  # bank = this batch only
+    torch.testing.assert_close(terms["proto"], proto.detach())
+    want = (terms["inst"] + terms["align_high"] + 0.5 * (terms["motion_mid"] + terms["align_mid"])
+            + 0.3 * (terms["motion_low"] + terms["align_low"]) + 0.5 * terms["proto"])
+    torch.testing.assert_close(loss.detach(), want)
+
+
+def test_gradient_reaches_every_output():
+    gen = torch.Generator().manual_seed(4)
+    out = {key: torch.randn(4, *shape, generator=gen) for key, shape in SHAPES.items()}
+    out["mid"], out["low"] = out["mid"].flatten(0, 1), out["low"].flatten(0, 1)  # [2B, 3, C]
+    out = {key: value.requires_grad_() for key, value in out.items()}
+    loss, _ = mfo_objective(out, PrototypeBank(size=BANK, cluster=K), use_graph=True, use_queue=True)
+    loss.backward()
+    assert all(out[key].grad.abs().sum() > 0 for key in out)
+    assert out["high"].grad[:, 2].abs().sum() == 0  # contrast terms use clips a, b only
+
+
+def test_bad_outputs_raise():
+    out = _random_out(4, 5)
+    bank = PrototypeBank(size=BANK, cluster=K)
+    with pytest.raises(ValueError, match=r"lacks \['low_g'\]"):
+        mfo_objective({k: v for k, v in out.items() if k != "low_g"}, bank, use_graph=True, use_queue=True)
+    with pytest.raises(ValueError, match=r"out\['mid'\] must have shape \[2B, 3, C\] with B = 4"):
+        mfo_objective({**out, "mid": out["mid"][:4]}, bank, use_graph=True, use_queue=True)
+
+
+def _steps(model, heads, x):
+    """Two steps (graph off and batch-only bank, then graph on and whole queue): values, terms, grads, bank."""
+    bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(6))
+    res = []
+    for use_graph, use_queue, shift in ((False, False, 0.0), (True, True, 0.5)):
+        heads.zero_grad()
+        loss, terms = mfo_objective(model(x + shift), bank, use_graph=use_graph, use_queue=use_queue)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in heads.parameters() if p.grad is not None])
+        res.append((loss.detach(), terms, grads, bank.queue.clone()))
+    return res
+
+
+def _worker(rank, port, outdir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        gen = torch.Generator().manual_seed(7)
+        heads, x = _Heads(gen), torch.randn(WORLD * LOCAL, DIM, generator=gen)
+        # the graph heads are unused in the first step (before --split), hence find_unused_parameters
+        model = DistributedDataParallel(heads, find_unused_parameters=True)
+        torch.save(_steps(model, heads, x[rank * LOCAL:(rank + 1) * LOCAL]), f"{outdir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_workers_equal_one_process(tmp_path):
+    # forkserver: torch is imported once per session in the server (DDP also imports
+    # torch._dynamo when built); the workers fork from it in well under a second
+    multiprocessing.set_forkserver_preload(["torch", "torch._dynamo"])
+    mp.start_processes(_worker, args=(find_free_port(), str(tmp_path)), nprocs=WORLD, start_method="forkserver")
+    gen = torch.Generator().manual_seed(7)
+    heads, x = _Heads(gen), torch.randn(WORLD * LOCAL, DIM, generator=gen)
+    single = _steps(heads, heads, x)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for (loss, terms, grads, queue), (want_loss, want_terms, want_grads, want_queue) in zip(got, single):
+            torch.testing.assert_close(loss, want_loss)
+            assert terms.keys() == want_terms.keys()
+            for name in terms:
+                torch.testing.assert_close(terms[name], want_terms[name])
+            torch.testing.assert_close(grads, want_grads)
+            torch.testing.assert_close(queue, want_queue)
