@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,6 +38,27 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make ``dst`` hold the same bytes as ``src`` without serialising twice, atomically.
+
+    A hard link (a copy where links are not supported) under a temporary name, then ``os.replace``;
+    replacing ``dst`` later leaves ``src`` untouched.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.link.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -96,7 +96,9 @@ class SeededSamples(Dataset):
                 if self.strict:
                     raise
                 self._report(e)
-                index = picker.randrange(len(self.dataset))
+                if len(self.dataset) < 2:
+                    raise
+                index = (index + 1 + picker.randrange(len(self.dataset) - 1)) % len(self.dataset)  # another video
                 seed = sample_seed(self.seed, epoch, index)
         raise RuntimeError(f"{self.max_tries} samples in a row could not be loaded; last one: index {index}. "
                            "Check the data (see the messages above) or pass --strict_data to stop at the first.")

@@ -30,11 +30,11 @@ def format_args(args: argparse.Namespace | dict, commit: str | None = None) -> s
 
 def check_finite(loss: torch.Tensor, terms: dict, step: int) -> None:
     """Stop with a message naming the step and every loss term when ``loss`` is not finite."""
-    if math.isfinite(float(loss)):
+    if math.isfinite(loss.item()):
         return
     detail = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(terms.items()))
     raise NonFiniteLossError(
-        f"non-finite loss {float(loss)} at global step {step} (terms: {detail}). "
+        f"non-finite loss {loss.item()} at global step {step} (terms: {detail}). "
         "The last good checkpoint is kept; lower --lr or try without --amp, then --resume.")
 
 

@@ -1,0 +1,118 @@
+"""Tests of engine.checkpoint: atomic saves (also under SIGKILL), safe loads, resume paths, RNG state."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import checkpoint
+from engine.checkpoint import (CheckpointError, link_checkpoint, load_checkpoint, resolve_resume, rng_state,
+                               save_checkpoint, set_rng_state, unwrap)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Foreign:
+    """A class that a weights_only load must refuse to unpickle."""
+
+
+def test_save_load_round_trip_leaves_no_temporary_file(tmp_path):
+    state = {"model": {"w": torch.arange(6.0)}, "epoch": 3, "args": {"lr": 0.1, "name": "x"}}
+    save_checkpoint(state, tmp_path / "sub" / "last.pth")
+    back = load_checkpoint(tmp_path / "sub" / "last.pth")
+    assert torch.equal(back["model"]["w"], torch.arange(6.0)) and back["epoch"] == 3 and back["args"]["name"] == "x"
+    assert os.listdir(tmp_path / "sub") == ["last.pth"]
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of writing
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 2}, tmp_path / "last.pth")
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]
+
+
+KILLED_WRITER = """
+import sys, torch
+from engine.checkpoint import save_checkpoint
+path = sys.argv[1]
+save_checkpoint({"step": 0, "w": torch.zeros(10)}, path)
+print("ready", flush=True)
+step = 0
+while True:
+    step += 1
+    save_checkpoint({"step": step, "w": torch.full((4_000_000,), float(step))}, path)
+"""
+
+
+def test_sigkill_during_saves_leaves_a_loadable_last_checkpoint(tmp_path):
+    path = tmp_path / "last.pth"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(1.5)  # several 16 MB saves, the kill lands during one of them
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(path)
+    if state["step"] > 0:
+        assert torch.all(state["w"] == state["step"]) and state["w"].numel() == 4_000_000
+
+
+def test_link_checkpoint_shares_bytes_and_survives_replacement(tmp_path):
+    save_checkpoint({"epoch": 1}, tmp_path / "epoch_0000.pth")
+    link_checkpoint(tmp_path / "epoch_0000.pth", tmp_path / "last.pth")
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
+    save_checkpoint({"epoch": 2}, tmp_path / "last.pth")  # replaces last.pth, not the epoch file
+    assert load_checkpoint(tmp_path / "epoch_0000.pth")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["epoch_0000.pth", "last.pth"]
+
+
+def test_load_errors_are_readable(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        load_checkpoint(tmp_path / "list.pth")
+    torch.save({"obj": Foreign()}, tmp_path / "pickled.pth")  # arbitrary pickled objects are refused
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "pickled.pth")
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume("", tmp_path) is None and resolve_resume(None, tmp_path) is None
+    assert resolve_resume("auto", tmp_path) is None
+    save_checkpoint({}, tmp_path / "last.pth")
+    assert resolve_resume("auto", tmp_path) == tmp_path / "last.pth"
+    assert resolve_resume(str(tmp_path / "last.pth"), "elsewhere") == tmp_path / "last.pth"
+    with pytest.raises(CheckpointError, match="--resume auto"):
+        resolve_resume(str(tmp_path / "nope.pth"), tmp_path)
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pth")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_unwrap_returns_plain_modules_unchanged():
+    layer = torch.nn.Linear(2, 2)
+    assert unwrap(layer) is layer

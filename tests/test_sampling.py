@@ -1,0 +1,82 @@
+"""Tests of engine.sampling: resumable per-rank order and per-sample seeding with bad-sample replacement."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from engine.sampling import ResumableSampler, SeededSamples, sample_seed
+
+
+class Noisy(Dataset):
+    """Sample i = i plus one draw of each global generator; indices in `bad` fail like an unreadable frame."""
+
+    def __init__(self, n: int, bad=()):
+        self.n, self.bad = n, set(bad)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            err = OSError(f"cannot decode video {i}")
+            err.path = f"video{i}"
+            raise err
+        return torch.tensor([float(i), random.random(), float(np.random.rand()), torch.rand(()).item()])
+
+
+def test_ranks_partition_each_global_batch_like_one_process():
+    """2 ranks x batch b see, step by step, the same videos as 1 rank x batch 2b."""
+    data, b = list(range(10)), 2
+    one = list(ResumableSampler(data, 1, 0, seed=5))
+    ranks = [list(ResumableSampler(data, 2, r, seed=5)) for r in range(2)]
+    assert all(e == 0 for e, _ in one) and sorted(i for _, i in one) == data
+    for step in range(len(ranks[0]) // b):
+        merged = {i for r in ranks for _, i in r[step * b:(step + 1) * b]}
+        assert merged == {i for _, i in one[step * 2 * b:(step + 1) * 2 * b]}
+
+
+def test_set_epoch_reshuffles_and_skip_drops_the_trained_part():
+    sampler = ResumableSampler(list(range(7)), 2, 1, seed=0)  # 7 videos, 2 ranks: tail dropped, 3 each
+    sampler.set_epoch(4)
+    full = list(sampler)
+    assert len(full) == len(sampler) == 3 and all(e == 4 for e, _ in full)
+    sampler.set_epoch(5)
+    assert [i for _, i in sampler] != [i for _, i in full] or len(set(range(7))) == 1
+    sampler.set_epoch(4, skip=2)
+    assert list(sampler) == full[2:] and len(sampler) == 1
+
+
+def test_samples_depend_only_on_seed_epoch_index_and_leave_global_rngs_alone():
+    ds = SeededSamples(Noisy(6), seed=11)
+    random.seed(0)
+    before = random.random()
+    random.seed(0)
+    a, n_a = ds[(2, 3)]
+    assert random.random() == before  # the caller's generators are restored
+    b, _ = ds[(2, 3)]
+    c, _ = ds[(3, 3)]
+    assert n_a == 0 and torch.equal(a, b) and not torch.equal(a, c) and a[0] == 3
+    loader = DataLoader(ds, batch_size=3, sampler=[(2, i) for i in range(6)], num_workers=2)
+    from_workers = torch.cat([x for x, _ in loader])
+    assert torch.equal(from_workers, torch.stack([ds[(2, i)][0] for i in range(6)]))
+
+
+def test_unreadable_sample_is_replaced_reported_once_and_counted(capsys):
+    ds = SeededSamples(Noisy(5, bad={1}), seed=0)
+    x, replaced = ds[(0, 1)]
+    assert replaced == 1 and x[0] != 1
+    ds[(1, 1)]
+    assert capsys.readouterr().err.count("cannot decode video 1") == 1  # reported once per path
+    strict = SeededSamples(Noisy(5, bad={1}), seed=0, strict=True)
+    with pytest.raises(OSError, match="cannot decode video 1"):
+        strict[(0, 1)]
+    hopeless = SeededSamples(Noisy(3, bad={0, 1, 2}), seed=0, max_tries=4)
+    with pytest.raises(RuntimeError, match="4 samples in a row"):
+        hopeless[(0, 0)]
+
+
+def test_sample_seed_differs_across_epochs_and_indices():
+    seeds = {sample_seed(0, e, i) for e in range(3) for i in range(50)}
+    assert len(seeds) == 150 and all(0 <= s < 2**32 for s in seeds)

@@ -1,0 +1,42 @@
+"""Tests of engine.tracking: argument print-out, non-finite stop message, JSON lines and TensorBoard scalars."""
+import argparse
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args
+
+
+def test_format_args_is_sorted_and_names_the_commit():
+    text = format_args(argparse.Namespace(zeta=1, alpha="a"), commit="abc123")
+    lines = text.splitlines()
+    assert lines[0] == "git commit: abc123" and lines[2] == "  alpha: 'a'" and lines[3] == "  zeta: 1"
+    assert "unknown" in format_args({"x": 1})
+
+
+def test_check_finite_names_step_and_terms():
+    check_finite(torch.tensor(1.5), {}, step=1)
+    with pytest.raises(NonFiniteLossError, match=r"inf at global step 7 \(terms: a=1, b=nan\)"):
+        check_finite(torch.tensor(float("inf")), {"b": torch.tensor(float("nan")), "a": torch.tensor(1.0)}, step=7)
+
+
+def test_tracker_writes_json_lines_and_scalars_only_when_enabled(tmp_path):
+    tracker = Tracker(tmp_path / "run")
+    tracker.scalars({"loss": 2.0}, step=1, prefix="train/")
+    tracker.scalars({"loss": 1.0}, step=2, prefix="train/")
+    tracker.epoch({"epoch": 0, "loss": 1.5})
+    tracker.epoch({"epoch": 1, "loss": 1.0})
+    tracker.close()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records == [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": 1.0}]
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 2.0), (2, 1.0)]
+
+    silent = Tracker(tmp_path / "other", enabled=False)
+    silent.scalars({"loss": 1.0}, step=1)
+    silent.epoch({"epoch": 0})
+    assert not (tmp_path / "other").exists()
+    assert silent.progress(range(3)).disable
