@@ -1,0 +1,352 @@
+"""Downstream evaluation shared by ``eval_linear.py`` and ``finetune.py`` (CoCLR's protocol, fixed).
+
+- arguments: :func:`add_downstream_args` (data, model, run and optimisation flags);
+- data: train clips with CoCLR's evaluation augmentation; test videos covered by half-overlapping
+  windows x views; ``--val_fraction`` of the *train* videos held out to choose an epoch;
+- training: :func:`fit` runs the epochs with atomic ``last.pth`` (and ``best.pth`` on validation)
+  checkpoints, exact resume, TensorBoard scalars and ``log.jsonl``;
+- testing: :func:`predict_videos` averages the softmax over every clip and view of a video;
+  :func:`test_and_report` writes ``results.json`` and the confusion-matrix PNG.
+
+Model selection never looks at the test split: the last epoch is reported, or the epoch with the
+best accuracy on the held-out train videos.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+
+from engine.checkpoint import git_commit, load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from engine.results import accuracy_report, read_class_names, save_confusion_png, write_json
+from engine.sampling import ResumableSampler, SeededSamples
+from engine.tracking import Tracker, check_finite, format_args
+from models import BACKBONES, VideoClassifier, load_backbone
+
+NUM_CLASSES = {"ucf101": 101, "hmdb51": 51}
+VIEWS = ("center", "five", "ten")
+
+
+def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: float, wd: float, epochs: int,
+                        schedule: list[int], batch_size: int) -> None:
+    """Flags common to the linear probe and fine-tuning; optimisation defaults are the caller's."""
+    init = parser.add_argument_group("initialisation (one of)").add_mutually_exclusive_group(required=True)
+    init.add_argument("--pretrained", default="", metavar="CKPT",
+                      help="train.py checkpoint whose backbone is evaluated (must load fully)")
+    init.add_argument("--random_init", action="store_true",
+                      help="randomly initialised backbone: the baseline without pretraining")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=sorted(NUM_CLASSES), default="ucf101",
+                      help="downstream dataset, sets the number of classes (default: ucf101)")
+    data.add_argument("--num_classes", type=int, default=0,
+                      help="override the number of classes, e.g. for the demo data (default: 0 = from --dataset)")
+    data.add_argument("--train_csv", required=True, help="CSV of training videos: path,frames,label (no header)")
+    data.add_argument("--test_csv", required=True, help="CSV of test videos: path,frames,label (no header)")
+    data.add_argument("--class_names", default="",
+                      help="text file of class names in label order, e.g. classInd.txt (default: class indices)")
+    data.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
+    data.add_argument("--img_dim", type=int, default=112, help="clip height and width in pixels (default: 112)")
+    data.add_argument("--test_views", choices=VIEWS, default="center",
+                      help="spatial views per test window: centre crop, 5 or 10 (with flips) crops (default: center)")
+    data.add_argument("--val_fraction", type=float, default=0.0,
+                      help="fraction of the train videos held out to choose an epoch; 0 reports the last epoch "
+                           "(default: 0)")
+    data.add_argument("--workers", type=int, default=4, help="data-loading processes (default: 4)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", choices=BACKBONES, default="r3d18", help="backbone (default: r3d18)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
+    optim.add_argument("--batch_size", type=int, default=batch_size,
+                       help=f"clips per training step, and per forward pass at test time (default: {batch_size})")
+    optim.add_argument("--lr", type=float, default=lr, help=f"learning rate (default: {lr:g})")
+    optim.add_argument("--wd", type=float, default=wd, help=f"weight decay (default: {wd:g})")
+    optim.add_argument("--schedule", type=int, nargs="*", default=schedule,
+                       help=f"epochs at which the lr is multiplied by 0.1 (default: {' '.join(map(str, schedule))})")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--out_dir", default=out_dir,
+                     help=f"folder for checkpoints, results.json, TensorBoard and logs (default: {out_dir})")
+    run.add_argument("--resume", default="",
+                     help="'auto' continues from out_dir/last.pth if present, or a checkpoint path (default: none)")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def check_downstream_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop with a parser error on values that cannot work."""
+    for name in ("epochs", "batch_size", "seq", "img_dim"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+    if args.num_classes < 0:
+        parser.error(f"--num_classes must be >= 1 (or 0 for the --dataset default), got {args.num_classes}")
+    if sorted(set(args.schedule)) != list(args.schedule):
+        parser.error(f"--schedule must list increasing epochs, got {args.schedule}")
+
+
+def num_classes(args: argparse.Namespace) -> int:
+    return args.num_classes or NUM_CLASSES[args.dataset]
+
+
+def class_names(args: argparse.Namespace) -> list[str]:
+    k = num_classes(args)
+    return read_class_names(args.class_names, k) if args.class_names else [str(c) for c in range(k)]
+
+
+def device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start_run(args: argparse.Namespace) -> tuple[Tracker, dict | None]:
+    """Seed, load the resume checkpoint (if any), open the tracker and print the arguments."""
+    seed_everything(args.seed)
+    path = resolve_resume(args.resume, args.out_dir)
+    state = load_checkpoint(path) if path else None
+    tracker = Tracker(args.out_dir, purge_step=state["step"] if state else None)
+    tracker.print(format_args(args, git_commit()))
+    if state:
+        tracker.print(f"resuming from {path} (epoch {state['epoch']} done)")
+    return tracker, state
+
+
+def build_classifier(args: argparse.Namespace, head: str, tracker: Tracker, dropout: float = 0.0) -> VideoClassifier:
+    """``VideoClassifier`` with the ``--pretrained`` backbone (loaded strictly) or a random one."""
+    model = VideoClassifier(args.arch, num_classes(args), head=head, dropout=dropout)
+    if args.pretrained:
+        report = load_backbone(model.backbone, args.pretrained)
+        tracker.print(report["summary"])
+    else:
+        tracker.print(f"random initialisation of {args.arch} (seed {args.seed})")
+    return model
+
+
+def checkpoint_name(args: argparse.Namespace) -> str:
+    """What results.json records as the evaluated checkpoint."""
+    return str(args.pretrained) if args.pretrained else f"random_init (seed {args.seed})"
+
+
+# ----------------------------------------------------------------------------- data
+
+def split_train_val(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split of ``n`` train videos into (train, validation) indices, both sorted."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = round(n * fraction)
+    if fraction > 0 and not 0 < n_val < n:
+        raise ValueError(f"--val_fraction {fraction} of {n} train videos leaves an empty split; "
+                         "change --val_fraction")
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def video_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset | None, Dataset]:
+    """(train clips with augmentation, held-out train videos or None, test videos) from the CSVs."""
+    from datasets import ClipDataset
+
+    k = num_classes(args)  # the datasets check every label against it
+    train = ClipDataset(args.train_csv, "train", seq=args.seq, img_dim=args.img_dim, num_classes=k)
+    test = ClipDataset(args.test_csv, "test", seq=args.seq, img_dim=args.img_dim, views=args.test_views,
+                       num_classes=k)
+    if args.val_fraction == 0:
+        return train, None, test
+    train_idx, val_idx = split_train_val(len(train), args.val_fraction, args.seed)
+    held_out = ClipDataset(args.train_csv, "test", seq=args.seq, img_dim=args.img_dim, views=args.test_views,
+                           num_classes=k)
+    return Subset(train, train_idx), Subset(held_out, val_idx), test
+
+
+def _drop_count(batch: list) -> list:
+    """Collate ``((input, label), n_replaced)`` samples of :class:`SeededSamples` into ``[inputs, labels]``."""
+    return default_collate([sample for sample, _ in batch])
+
+
+def train_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
+    """Shuffled, seeded per (seed, epoch, index); call ``loader.sampler.set_epoch(epoch)`` before each epoch."""
+    if len(dataset) < 2:
+        raise ValueError(f"training needs at least 2 samples, got {len(dataset)}; check --train_csv")
+    return DataLoader(SeededSamples(dataset, args.seed, strict=True), batch_size=args.batch_size,
+                      sampler=ResumableSampler(dataset, seed=args.seed), collate_fn=_drop_count,
+                      num_workers=args.workers, drop_last=len(dataset) > args.batch_size)
+
+
+def collate_videos(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Videos of ``[N_i, ...]`` clips -> (clips ``[sum N_i, ...]``, labels ``[V]``, clip counts ``[V]``)."""
+    clips = torch.cat([c for c, _ in batch])
+    labels = torch.tensor([int(label) for _, label in batch])
+    counts = torch.tensor([len(c) for c, _ in batch])
+    return clips, labels, counts
+
+
+def video_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
+    """One video per item, in order: a video holds all its windows x views."""
+    return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_videos, num_workers=args.workers)
+
+
+# ----------------------------------------------------------------------------- train and test
+
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, dev: torch.device,
+                tracker: Tracker, epoch: int, step: int, frozen: nn.Module | None = None) -> tuple[dict, int]:
+    """One epoch of cross-entropy training; ``frozen`` (a submodule) stays in ``eval()`` mode.
+
+    Returns the epoch's mean ``loss`` and clip ``acc``, and the global step after it.
+    """
+    model.train()
+    if frozen is not None:
+        frozen.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, labels in tracker.progress(loader, desc=f"epoch {epoch}", leave=False):
+        inputs, labels = inputs.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+        logits = model(inputs)  # [B,K]
+        loss = F.cross_entropy(logits, labels)
+        check_finite(loss.detach(), {"cross_entropy": loss.detach()}, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        hits = (logits.argmax(1) == labels).sum().item()
+        total_loss += loss.item() * len(labels)
+        correct += hits
+        seen += len(labels)
+        tracker.scalars({"loss": loss.item(), "acc": hits / len(labels),
+                         "lr": optimizer.param_groups[-1]["lr"]}, step, prefix="train/")
+        step += 1
+    return {"loss": total_loss / seen, "acc": correct / seen}, step
+
+
+def video_probs(clip_logits: Tensor, counts: Tensor) -> Tensor:
+    """Softmax of each clip, averaged over the clips (windows x views) of each video.
+
+    ``clip_logits [sum(counts), K]`` holds video 0's clips, then video 1's, ...; returns ``[V, K]``.
+    """
+    probs = clip_logits.float().softmax(1)  # [M,K]
+    return torch.stack([chunk.mean(0) for chunk in probs.split(counts.tolist())])  # [V,K]
+
+
+@torch.no_grad()
+def predict_videos(model: nn.Module, loader: DataLoader, dev: torch.device, chunk: int,
+                   tracker: Tracker | None = None) -> tuple[Tensor, Tensor]:
+    """Video-level class probabilities ``[V, K]`` and labels ``[V]``; clips forwarded ``chunk`` at a time."""
+    model.eval()
+    probs, labels = [], []
+    batches = tracker.progress(loader, desc="test", leave=False) if tracker else loader
+    for clips, video_labels, counts in batches:
+        logits = torch.cat([model(part.to(dev, non_blocking=True)).cpu() for part in clips.split(chunk)])  # [M,K]
+        probs.append(video_probs(logits, counts))
+        labels.append(video_labels)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def snapshot(module: nn.Module) -> dict[str, Tensor]:
+    """A copy of every parameter and buffer of ``module``."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_unchanged(before: dict[str, Tensor], module: nn.Module) -> None:
+    """Raise if any parameter or buffer (BatchNorm statistics included) differs from ``before``."""
+    changed = sorted(k for k, v in module.state_dict().items() if not torch.equal(v.cpu(), before[k].cpu()))
+    if changed:
+        raise RuntimeError(f"the frozen backbone changed during the first epoch ({len(changed)} tensors, e.g. "
+                           f"{', '.join(changed[:5])}); it must stay in eval() mode with requires_grad=False")
+
+
+def trained_state(model: nn.Module, frozen: nn.Module | None) -> dict[str, Tensor]:
+    """``model.state_dict()`` without the frozen submodule's tensors (those come from ``--pretrained``)."""
+    state = model.state_dict()
+    if frozen is None:
+        return state
+    prefix = next(name for name, module in model.named_modules() if module is frozen) + "."
+    return {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+def load_trained_state(model: nn.Module, state: dict[str, Tensor], frozen: nn.Module | None) -> None:
+    """Load what :func:`trained_state` saved; every other key must belong to the frozen submodule."""
+    expected = trained_state(model, frozen)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise RuntimeError(f"the checkpoint does not match the model: missing {missing[:5]}, unexpected "
+                           f"{unexpected[:5]}; resume with the same script and flags as the run that wrote it")
+    model.load_state_dict(state, strict=False)
+
+
+def fit(args: argparse.Namespace, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
+        optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, tracker: Tracker,
+        state: dict | None, dev: torch.device, frozen: nn.Module | None = None) -> dict:
+    """Train for ``args.epochs`` epochs, resuming from ``state``; leave the weights to test in ``model``.
+
+    ``frozen``: a submodule that must not change; checked after the first epoch, and left out of the
+    checkpoints (``last.pth``, ``best.pth``), which hold only what training changes. With a validation
+    set, each epoch is scored on it, ``best.pth`` keeps the best one and its weights are the ones
+    tested. Returns ``{'epoch': tested epoch (1-based), 'selected_by': 'last epoch'|'validation top1', 'val_top1'}``.
+    """
+    out_dir = Path(args.out_dir)
+    model.to(dev)
+    start, step, best = 0, 0, {"epoch": 0, "val_top1": None}
+    if state:
+        load_trained_state(model, state["model"], frozen)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, step, best = state["epoch"], state["step"], state["best"]
+    loader = train_loader(train_set, args)
+    val = video_loader(val_set, args) if val_set is not None else None
+    before = snapshot(frozen) if frozen is not None and start == 0 else None
+    for epoch in range(start, args.epochs):
+        loader.sampler.set_epoch(epoch)
+        stats, step = train_epoch(model, loader, optimizer, dev, tracker, epoch, step, frozen)
+        if before is not None:
+            assert_unchanged(before, frozen)
+            before = None
+        scheduler.step()
+        record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in stats.items()}}
+        if val is not None:
+            probs, labels = predict_videos(model, val, dev, args.batch_size)
+            record["val_top1"] = (probs.argmax(1) == labels).double().mean().item()
+            tracker.scalars({"top1": record["val_top1"]}, step, prefix="val/")
+            if best["val_top1"] is None or record["val_top1"] > best["val_top1"]:
+                best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
+                save_checkpoint({"model": trained_state(model, frozen), "epoch": epoch + 1}, out_dir / "best.pth")
+        save_checkpoint({"model": trained_state(model, frozen), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
+                         "rng": rng_state(), "args": vars(args)}, out_dir / "last.pth")
+        tracker.epoch(record)
+        tracker.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    if val is None:
+        return {"epoch": args.epochs, "selected_by": "last epoch", "val_top1": None}
+    load_trained_state(model, load_checkpoint(out_dir / "best.pth")["model"], frozen)
+    tracker.print(f"testing epoch {best['epoch']} (best validation top-1 {best['val_top1']:.4f})")
+    return {"epoch": best["epoch"], "selected_by": "validation top1", "val_top1": best["val_top1"]}
+
+
+def test_and_report(args: argparse.Namespace, model: nn.Module, test_set: Dataset, dev: torch.device,
+                    tracker: Tracker, extra: dict) -> dict:
+    """Video-level test; write ``results.json`` and ``confusion.png`` to ``out_dir``; return the results."""
+    names = class_names(args)
+    probs, labels = predict_videos(model, video_loader(test_set, args), dev, args.batch_size, tracker)
+    report = accuracy_report(probs, labels, names)
+    results = {"top1": report["top1"], "top5": report["top5"], "per_class_accuracy": report["per_class"],
+               "test_videos": len(labels), "test_views": args.test_views, "checkpoint": checkpoint_name(args),
+               "args": copy.deepcopy(vars(args)), "git_commit": git_commit(), **extra}
+    out_dir = Path(args.out_dir)
+    write_json(results, out_dir / "results.json")
+    save_confusion_png(report["confusion"], names, out_dir / "confusion.png",
+                       title=f"top-1 {100 * report['top1']:.1f}% over {len(labels)} test videos")
+    tracker.scalars({"top1": report["top1"], "top5": report["top5"]}, extra.get("epoch", 0), prefix="test/")
+    tracker.print(f"video-level test accuracy over {len(labels)} videos: top-1 {100 * report['top1']:.2f}%  "
+                  f"top-5 {100 * report['top5']:.2f}%  -> {out_dir / 'results.json'}")
+    return results

@@ -1,0 +1,116 @@
+"""Pooled backbone features of every clip of every video, extracted once and cached in ``out_dir``.
+
+Used by the fast linear probe (``eval_linear.py --features``: the linear layer is trained on the
+cached features) and by retrieval. Clips are the deterministic test clips (half-overlapping windows
+x ``--test_views``), for the train and the test videos alike, so no augmentation is involved.
+
+The cache file is named by a hash of what determines its content — the checkpoint's bytes (or the
+random-init seed), the CSV files' resolved paths and bytes, the architecture, clip length, size and
+views — and the full description is stored inside and compared on load, so a stale cache is never
+reused. (Editing the frame images without touching the CSVs is not detected: delete the cache.)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.downstream import num_classes, video_loader
+from engine.tracking import Tracker
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_description(args: argparse.Namespace) -> dict:
+    """Everything the cached features depend on."""
+    weights = f"sha256:{file_sha256(args.pretrained)}" if args.pretrained else f"random_init:seed={args.seed}"
+    return {
+        "weights": weights, "arch": args.arch, "seq": args.seq, "img_dim": args.img_dim, "views": args.test_views,
+        **{name: {"path": str(Path(getattr(args, name)).resolve()), "sha256": file_sha256(getattr(args, name))}
+           for name in ("train_csv", "test_csv")},
+    }
+
+
+def cache_path(out_dir: str | Path, description: dict) -> Path:
+    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    return Path(out_dir) / f"features_{key[:16]}.pt"
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, loader: DataLoader, dev: torch.device, chunk: int,
+                     tracker: Tracker | None = None, desc: str = "features") -> dict[str, Tensor]:
+    """``model.features`` of every clip: ``{'feats' [M, C], 'counts' [V] clips per video, 'labels' [V]}``.
+
+    ``loader`` yields ``(clips [M_b, 3, T, H, W], labels [V_b], counts [V_b])`` (see ``collate_videos``).
+    """
+    model.eval()
+    feats, counts, labels = [], [], []
+    batches = tracker.progress(loader, desc=desc, leave=False) if tracker else loader
+    for clips, video_labels, video_counts in batches:
+        feats += [model.features(part.to(dev, non_blocking=True)).float().cpu() for part in clips.split(chunk)]
+        counts.append(video_counts)
+        labels.append(video_labels)
+    return {"feats": torch.cat(feats), "counts": torch.cat(counts), "labels": torch.cat(labels)}
+
+
+def cached_features(model: nn.Module, args: argparse.Namespace, dev: torch.device,
+                    tracker: Tracker) -> dict[str, dict[str, Tensor]]:
+    """``{'train': ..., 'test': ...}`` features (see :func:`extract_features`), from the cache when valid."""
+    from datasets import ClipDataset
+
+    description = cache_description(args)
+    path = cache_path(args.out_dir, description)
+    if path.is_file():
+        cached = load_checkpoint(path)
+        if cached.get("description") == description:
+            tracker.print(f"features read from the cache {path}")
+            return {"train": cached["train"], "test": cached["test"]}
+    model.to(dev)
+    splits = {}
+    for split, csv_file in (("train", args.train_csv), ("test", args.test_csv)):
+        dataset = ClipDataset(csv_file, "test", seq=args.seq, img_dim=args.img_dim, views=args.test_views,
+                              num_classes=num_classes(args))
+        splits[split] = extract_features(model, video_loader(dataset, args), dev, args.batch_size, tracker,
+                                         desc=f"{split} features")
+    save_checkpoint({"description": description, **splits}, path)
+    tracker.print(f"features of {len(splits['train']['labels'])} train and {len(splits['test']['labels'])} "
+                  f"test videos cached in {path}")
+    return splits
+
+
+class VideoFeatures(Dataset):
+    """Per-video items ``(clip features [N_i, C], label)`` of an :func:`extract_features` result."""
+
+    def __init__(self, features: dict[str, Tensor], videos: list[int] | None = None):
+        starts = torch.cumsum(features["counts"], 0) - features["counts"]  # [V]
+        self.videos = list(range(len(features["counts"]))) if videos is None else list(videos)
+        self.features, self.starts = features, starts
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        v = self.videos[i]
+        start, count = int(self.starts[v]), int(self.features["counts"][v])
+        return self.features["feats"][start:start + count], int(self.features["labels"][v])
+
+
+def clip_feature_set(features: dict[str, Tensor], videos: list[int] | None = None) -> TensorDataset:
+    """One training sample per clip of the chosen videos: ``(feature [C], its video's label)``."""
+    per_video = VideoFeatures(features, videos)
+    items = [per_video[i] for i in range(len(per_video))]
+    feats = torch.cat([f for f, _ in items])  # [M,C]
+    labels = torch.cat([torch.full((len(f),), label) for f, label in items])  # [M]
+    return TensorDataset(feats, labels)

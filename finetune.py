@@ -1,0 +1,51 @@
+"""Fine-tune a pretrained backbone end to end on UCF-101 / HMDB-51 (CoCLR's protocol).
+
+    python finetune.py --pretrained runs/mfo/last.pth --train_csv ucf_train.csv --test_csv ucf_test.csv
+
+The whole network is trained with Adam; the head is Dropout(0.9) -> Linear and the backbone's
+learning rate is a tenth of the head's. Accuracy is video-level; see ``engine/downstream.py``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from engine.downstream import (add_downstream_args, build_classifier, check_downstream_args, device, fit, start_run,
+                               test_and_report, video_datasets)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_downstream_args(parser, out_dir="runs/finetune", lr=1e-3, wd=1e-3, epochs=500, schedule=[400, 450],
+                        batch_size=32)
+    tune = parser.add_argument_group("fine-tuning")
+    tune.add_argument("--dropout", type=float, default=0.9, help="dropout before the linear layer (default: 0.9)")
+    tune.add_argument("--backbone_lr_scale", type=float, default=0.1,
+                      help="backbone learning rate as a fraction of --lr (default: 0.1)")
+    args = parser.parse_args(argv)
+    check_downstream_args(parser, args)
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    tracker, state = start_run(args)
+    dev = device()
+    model = build_classifier(args, head="linear", tracker=tracker, dropout=args.dropout)
+    train_set, val_set, test_set = video_datasets(args)
+    optimizer = torch.optim.Adam([
+        {"params": model.backbone.parameters(), "lr": args.lr * args.backbone_lr_scale},
+        {"params": model.head.parameters(), "lr": args.lr},
+    ], weight_decay=args.wd)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.schedule, gamma=0.1)
+    chosen = fit(args, model, train_set, val_set, optimizer, scheduler, tracker, state, dev)
+    results = test_and_report(args, model, test_set, dev, tracker, {"protocol": "fine-tuning", **chosen})
+    tracker.close()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Temporal CAM: where in the frame a frozen backbone sees the arrow of time (DESIGN §6).
+
+1. trains a bias-free linear head on the pooled ``high`` map of the frozen backbone to tell each
+   training clip (label 0) from its time-reversed copy (label 1), and saves it as ``order_head.pth``;
+2. reports the temporal-order accuracy on the test CSV (``order_accuracy.json``);
+3. draws, for the first ``--num_videos`` test videos, the CAM of the true class over every frame of
+   the forward clip and of the reversed clip, plus one grid per clip (``videos/<k>_<name>/<direction>/``).
+
+    python visualization/temporal_cam.py --pretrained runs/mfo/last.pth \\
+        --train_csv data/ucf101/train_split1.csv --test_csv data/ucf101/test_split1.csv --out_dir runs/cam
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datasets import ClipDataset, DataError
+from engine.checkpoint import CheckpointError, git_commit, save_checkpoint
+from engine.tracking import Tracker, check_finite, format_args
+from models import BACKBONES, build_backbone, load_backbone
+from visualization.cam import (CLASS_NAMES, clip_cam, order_head, pooled_logits, to_rgb, with_reversed,
+                               write_clip_images)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pretrained", default=None,
+                   help="checkpoint written by train.py whose backbone is visualised "
+                        "(default: none; required unless --random_init)")
+    p.add_argument("--random_init", action="store_true",
+                   help="use a randomly initialised backbone instead: the baseline picture (default: off)")
+    p.add_argument("--train_csv", required=True, help="CSV 'path,frames,label' whose clips train the order head")
+    p.add_argument("--test_csv", required=True,
+                   help="CSV 'path,frames,label' for the order accuracy and the pictures")
+    p.add_argument("--out_dir", required=True, help="folder for the head, the accuracy and the images")
+    p.add_argument("--arch", default="r3d18", choices=BACKBONES, help="backbone architecture (default: r3d18)")
+    p.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
+    p.add_argument("--img_dim", type=int, default=224, help="clip height and width in pixels (default: 224)")
+    p.add_argument("--epochs", type=int, default=50, help="epochs of head training (default: 50)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default: 1e-3)")
+    p.add_argument("--wd", type=float, default=1e-3, help="Adam weight decay of the head (default: 1e-3)")
+    p.add_argument("--lr_decay", type=float, default=0.6,
+                   help="fraction of the epochs after which the lr is multiplied by 0.1 (default: 0.6)")
+    p.add_argument("--batch_size", type=int, default=16,
+                   help="training clips per batch, each also seen reversed (default: 16)")
+    p.add_argument("--num_videos", type=int, default=8,
+                   help="test videos to draw, the first ones of --test_csv (default: 8)")
+    p.add_argument("--workers", type=int, default=4, help="data-loading processes (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    args = p.parse_args(argv)
+    if args.random_init == bool(args.pretrained):
+        p.error("give exactly one of --pretrained CKPT (the backbone to visualise) and --random_init (the baseline)")
+    for name in ("seq", "img_dim", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.num_videos < 0 or args.workers < 0:
+        p.error("--num_videos and --workers must not be negative")
+    if not 0.0 < args.lr_decay <= 1.0:
+        p.error(f"--lr_decay is a fraction of the epochs in (0, 1], got {args.lr_decay}")
+    return args
+
+
+def write_json(record: dict, path: Path) -> None:
+    """Write ``record`` as JSON atomically (temporary file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def high_map(backbone: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """The frozen backbone's high map ``[N,C,t,h,w]`` of ``clips [N,3,T,H,W]``, without gradient."""
+    with torch.no_grad():
+        return backbone(clips)[2]
+
+
+def train_head(backbone: nn.Module, head: nn.Linear, loader: DataLoader, args: argparse.Namespace,
+               device: torch.device, tracker: Tracker) -> None:
+    """Adam on the head only; lr x0.1 after ``--lr_decay`` of the epochs."""
+    opt = torch.optim.Adam(head.parameters(), lr=args.lr, weight_decay=args.wd)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[round(args.lr_decay * args.epochs)], gamma=0.1)
+    step = 0
+    for epoch in range(args.epochs):
+        total, correct, loss_sum = 0, 0, 0.0
+        for clips, _ in tracker.progress(loader, desc=f"head epoch {epoch + 1}/{args.epochs}"):
+            x, y = with_reversed(clips.to(device, non_blocking=True))  # [2B,3,T,H,W], [2B]
+            logits = pooled_logits(head, high_map(backbone, x))  # [2B,2]
+            loss = F.cross_entropy(logits, y)
+            value = loss.detach()
+            check_finite(value, {"order": value}, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            total += y.numel()
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(value) * y.numel()
+        record = {"epoch": epoch, "loss": loss_sum / total, "accuracy": correct / total,
+                  "lr": opt.param_groups[0]["lr"]}
+        tracker.scalars(record, step, prefix="head/")
+        tracker.epoch(record)
+        sched.step()
+
+
+def order_accuracy(backbone: nn.Module, head: nn.Linear, dataset: ClipDataset, args: argparse.Namespace,
+                   device: torch.device, tracker: Tracker) -> dict:
+    """Fraction of test clips (every window of every video, forward and reversed) whose order is told right."""
+    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers)  # one video (N windows) at a time
+    hits = torch.zeros(2, dtype=torch.long)  # right answers per true class (forward, reversed)
+    clips_seen = 0
+    with torch.no_grad():
+        for clips, _ in tracker.progress(loader, desc="order accuracy"):  # [N,3,T,H,W]
+            x, y = with_reversed(clips.to(device))  # [2N,...], [2N]
+            pred = pooled_logits(head, high_map(backbone, x)).argmax(1)  # [2N]
+            hits += torch.bincount(y[pred == y], minlength=2).cpu()
+            clips_seen += clips.shape[0]
+    return {
+        "order_accuracy": float(hits.sum()) / (2 * clips_seen),
+        "forward_accuracy": float(hits[0]) / clips_seen,
+        "reversed_accuracy": float(hits[1]) / clips_seen,
+        "clips": clips_seen,
+        "videos": len(dataset),
+    }
+
+
+def draw_videos(backbone: nn.Module, head: nn.Linear, dataset: ClipDataset, args: argparse.Namespace,
+                device: torch.device) -> list[Path]:
+    """Overlays and grids of the first window of the first ``--num_videos`` test videos; returns the video folders."""
+    folders = []
+    for k in range(min(args.num_videos, len(dataset))):
+        clips, _ = dataset[k]  # [N,3,T,H,W]
+        x, y = with_reversed(clips[:1].to(device))  # [2,3,T,H,W]: forward, reversed
+        cam = clip_cam(head.weight.detach(), high_map(backbone, x), y, tuple(x.shape[2:]))  # [2,T,H,W]
+        folder = Path(args.out_dir) / "videos" / f"{k:03d}_{dataset.videos[k].path.name}"
+        for i, direction in enumerate(CLASS_NAMES):
+            write_clip_images(to_rgb(x[i]), cam[i].cpu().numpy(), folder / direction)
+        folders.append(folder)
+    return folders
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tracker = Tracker(out_dir)
+    tracker.print(format_args(args, git_commit()))
+
+    # the CSVs first: a bad row stops the run before a large checkpoint is read
+    train_set = ClipDataset(args.train_csv, mode="train", seq=args.seq, img_dim=args.img_dim)
+    test_set = ClipDataset(args.test_csv, mode="test", seq=args.seq, img_dim=args.img_dim)
+    backbone = build_backbone(args.arch)
+    if args.pretrained:
+        tracker.print(load_backbone(backbone, args.pretrained)["summary"])
+    backbone.to(device).eval().requires_grad_(False)  # frozen: BN keeps its running statistics
+    head = order_head(backbone.channels[2]).to(device)
+
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", drop_last=False,
+                        generator=torch.Generator().manual_seed(args.seed))
+    train_head(backbone, head, loader, args, device, tracker)
+    save_checkpoint({"head": head.state_dict(), "arch": args.arch, "args": vars(args)}, out_dir / "order_head.pth")
+
+    result = order_accuracy(backbone, head, test_set, args, device, tracker)
+    result.update(arch=args.arch, pretrained=args.pretrained, random_init=args.random_init)
+    write_json(result, out_dir / "order_accuracy.json")
+    tracker.print(f"temporal-order accuracy on {args.test_csv}: {result['order_accuracy']:.4f} "
+                  f"(forward {result['forward_accuracy']:.4f}, reversed {result['reversed_accuracy']:.4f}, "
+                  f"{result['clips']} clips of {result['videos']} videos)")
+
+    folders = draw_videos(backbone, head, test_set, args, device)
+    tracker.print(f"wrote the CAM images of {len(folders)} videos under {out_dir / 'videos'}")
+    tracker.close()
+    return result
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``main`` for the command line: a bad CSV or checkpoint ends with its message and status 1, no traceback."""
+    try:
+        main(argv)
+    except (CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
