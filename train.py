@@ -30,8 +30,8 @@ from models import BACKBONES, MFOModel
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
 DEMO_DATA = Path("data/demo")
-DEMO_DEFAULTS = dict(seq=8, img_dim=32, train_batch=8, workers=0, cluster=8, epoch=6, split=3, queue_start=2,
-                     lr_decay=5, queue_size=64, save_every=0, out_dir="runs/demo")
+DEMO_DEFAULTS = dict(seq=8, img_dim=32, train_batch=8, workers=0, cluster=8, epoch=4, split=2, queue_start=1,
+                     lr_decay=3, queue_size=64, save_every=0, out_dir="runs/demo")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -113,6 +113,31 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, clips: torch.Tensor, *,
+               step: int, use_graph: bool, use_queue: bool, freeze_prototypes: bool, thres: float,
+               amp: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step on a batch ``clips`` [B,3,3,T,H,W]; returns the loss and its detached terms.
+
+    Prototype rows are L2-normalised before the forward pass (so logits are cosines) and hence
+    before every optimiser step; with ``freeze_prototypes`` (epoch 0) their gradient is dropped.
+    A non-finite loss raises before anything is updated.
+    """
+    core = unwrap(model)
+    core.normalize_prototypes()
+    with torch.autocast(clips.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(clips, with_graph=use_graph)
+    out = {k: v.float() for k, v in out.items()}
+    loss, terms = mfo_objective(out, bank, use_graph=use_graph, use_queue=use_queue, thres=thres)
+    check_finite(loss, terms, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if freeze_prototypes:
+        for p in core.prototypes.parameters():
+            p.grad = None
+    optimizer.step()
+    return loss, terms
 
 
 def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, ResumableSampler]:
@@ -199,19 +224,9 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         for step, (clips, n_replaced) in enumerate(bar, start=skip_steps + 1):
             data_time = time.perf_counter() - tic
             clips = clips.to(ctx.device, non_blocking=True)  # [B,3,3,T,H,W]
-            core.normalize_prototypes()
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(clips, with_graph=use_graph)
-            out = {k: v.float() for k, v in out.items()}
-            loss, terms = mfo_objective(out, bank, use_graph=use_graph, use_queue=use_queue, thres=args.thres)
             global_step += 1
-            check_finite(loss, terms, global_step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if epoch == 0:  # prototypes stay fixed during the first epoch
-                for p in core.prototypes.parameters():
-                    p.grad = None
-            optimizer.step()
+            loss, terms = train_step(model, optimizer, bank, clips, step=global_step, use_graph=use_graph,
+                                     use_queue=use_queue, freeze_prototypes=epoch == 0, thres=args.thres, amp=amp)
 
             step_time = time.perf_counter() - tic
             replaced += distributed.sum_over_workers(int(n_replaced.sum()))

@@ -81,59 +81,68 @@ def view_boxes(width: int, height: int, views: str, crop: float) -> list[tuple[B
     return boxes + [(box, True) for box, _ in boxes]
 
 
-def gray_channels(x: torch.Tensor, mask: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
-    """Frames ``n`` with ``mask[n]`` get channel ``channel[n]`` copied to all three (in place);
-    ``x [N, 3, H, W]``."""
-    rows = mask.nonzero().squeeze(1)  # [M]
-    picked = x[rows, channel[rows]].unsqueeze(1)  # [M, 1, H, W]
-    x[rows] = picked.expand(-1, 3, -1, -1)
+def _to_float(frames: torch.Tensor, gray: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    """uint8 ``frames [N, 3, H, W]`` (any memory format) as float ``[N, 3, H, W]`` in [0, 1]
+    (contiguous), each frame ``n`` with ``gray[n]`` holding its channel ``channel[n]`` in all three."""
+    x = torch.empty(frames.shape, dtype=torch.float32).copy_(frames).div_(255)
+    for n, c in zip(gray.nonzero().squeeze(1).tolist(), channel[gray].tolist()):
+        for other in {0, 1, 2} - {c}:
+            x[n, other].copy_(x[n, c])
     return x
 
 
-def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma ``[N, 1, H, W]`` of ``x [N, 3, H, W]``."""
-    r, g, b = x.unbind(1)
-    return (r * _GRAY_WEIGHTS[0]).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2]).unsqueeze(1)
+def _blend_step(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor, luma: torch.Tensor) -> None:
+    """Brightness, contrast or saturation, chosen per frame by ``op [N]`` with factors ``f [N]``,
+    on ``x [N, 3, H, W]`` in place; frames whose op is hue are left as they are.
 
-
-def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """``clamp(f x + (1 - f) other, 0, 1)``; ``f [N, 1, 1, 1]``."""
-    return torch.lerp(other, x, f).clamp_(0, 1)
+    Each is torchvision's ``clamp(f x + (1 - f) y, 0, 1)``, with y = 0 (brightness), the frame's
+    mean luma (contrast) or the pixel's luma (saturation); ``luma [N, H, W]`` is scratch space.
+    """
+    f = torch.where(op == HUE, 1.0, f)  # [N] hue frames: 1 x + 0, exactly x
+    is_contrast, is_saturation = op == CONTRAST, op == SATURATION
+    f3 = f.view(-1, 1, 1)
+    if not bool(is_contrast.any() | is_saturation.any()):
+        x.mul_(f3.unsqueeze(1)).clamp_(0, 1)
+        return
+    r, g, b = x.unbind(1)  # [N, H, W] each
+    torch.mul(r, _GRAY_WEIGHTS[0], out=luma).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2])
+    mean = (is_contrast * (1 - f)) * luma.mean(dim=(1, 2))  # [N] (1 - f) y of the contrast frames
+    y = luma.mul_((is_saturation * (1 - f)).view(-1, 1, 1)).add_(mean.view(-1, 1, 1))  # [N, H, W]
+    for plane in (r, g, b):
+        torch.addcmul(y, plane, f3, out=plane).clamp_(0, 1)
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue of ``x [N,3,H,W]`` by ``shift [N,1,1,1]`` turns (torchvision's result).
+    """Rotate the HSV hue of ``x [N,3,H,W]`` by ``shift [N]`` turns, in place (torchvision's result).
 
-    With hue h in sixths of a turn ([0, 6)), max, min and chroma c = max - min, channel n
-    (R: 5, G: 3, B: 1) of HSV -> RGB is ``max - c * clamp(2 - a, 0, 1)`` with
+    Value (max) and min stay; with hue h in sixths of a turn ([0, 6)) and chroma c = max - min,
+    channel n (R: 5, G: 3, B: 1) of HSV -> RGB is ``max - c * clamp(2 - a, 0, 1)`` with
     ``a = ||h + n - 5| - 3|`` (the hexagon ramp, branch-free), i.e. ``min - c + c * clamp(a, 1, 2)``.
-    Written without torch.where / remainder, which are several times slower on CPU.
     """
     r, g, b = x.unbind(1)  # [N, H, W] each
     high, low = x.amax(dim=1), x.amin(dim=1)  # [N, H, W]
     chroma = high - low
-    # max at R -> (g - b) / c; at G (not R) -> 2 + (b - r) / c; else 4 + (r - g) / c
-    is_r = (high == r).float()
-    is_g = (high == g).float().mul_(1 - is_r)
-    is_b = 1 - is_r - is_g
-    hue6 = is_r * (g - b) + is_g * (b - r + 2 * chroma) + is_b * (r - g + 4 * chroma)
+    # hue x chroma, max at R: g - b; at G (not R): b - r + 2 c; else (B): r - g + 4 c; the branch
+    # is picked by lerp with exact 0/1 weights: sign(max - channel) is 0 where the max is there
+    not_g = (high - g).sign_()
+    hue6 = torch.lerp((b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4), not_g)
+    hue6 = torch.lerp(g - b, hue6, (high - r).sign_())
     hue6.div_(chroma.clamp_min(1e-12))  # grey pixels (chroma 0): 0, their hue does not matter
-    hue6.add_(shift.view(-1, 1, 1) * 6)
-    hue6.sub_(torch.floor(hue6 * (1 / 6)), alpha=6)  # into [0, 6)
-    offsets = torch.tensor([0.0, -2.0, -4.0], dtype=x.dtype).view(1, 3, 1, 1)  # n - 5
-    a = (hue6.unsqueeze(1) + offsets).abs_().sub_(3).abs_().clamp_(1, 2)  # [N, 3, H, W]
-    return torch.addcmul((low - chroma).unsqueeze(1), a, chroma.unsqueeze(1))
+    hue6.add_(shift.view(-1, 1, 1), alpha=6)
+    hue6.sub_(torch.mul(hue6, 1 / 6).floor_(), alpha=6)  # into [0, 6)
+    low.sub_(chroma)
+    for plane, offset in zip((r, g, b), (0.0, -2.0, -4.0)):  # n - 5
+        torch.add(hue6, offset, out=plane).abs_().sub_(3).abs_().clamp_(1, 2).mul_(chroma).add_(low)
+    return x
 
 
-def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
-    """One colour op with per-frame factors ``f [N, 1, 1, 1]`` on ``x [N, 3, H, W]``."""
-    if op == BRIGHTNESS:
-        return (x * f).clamp_(0, 1)
-    if op == CONTRAST:
-        return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), f)
-    if op == SATURATION:
-        return _blend(x, _grayscale(x), f)
-    return _hue(x, f)
+def _jitter_step(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor, luma: torch.Tensor) -> None:
+    """One step of the jitter: op ``op[n]`` with factor ``f[n]`` on frame n of ``x [N, 3, H, W]``
+    (in place); the hue frames are gathered, rotated and scattered back."""
+    _blend_step(x, op, f, luma)
+    rows = (op == HUE).nonzero().squeeze(1)  # [M]
+    if len(rows):
+        x.index_copy_(0, rows, _hue(x.index_select(0, rows), f[rows]))
 
 
 def draw_jitter(n: int, brightness: float, contrast: float, saturation: float,
@@ -155,24 +164,18 @@ def augment_frames(frames: torch.Tensor, gray: torch.Tensor, channel: torch.Tens
     """Per-frame gray, colour jitter and ImageNet normalisation of uint8 ``frames [N, 3, H, W]``.
 
     Frame n: if ``gray[n]``, channel ``channel[n]`` is copied to all three; then the jitter ops
-    with ``factors[n]`` (brightness, contrast, saturation, hue) in the order ``order[n]``.
-    Frames sharing an order (at most 24 groups) are converted, augmented and normalised
-    together, a few at a time so that they stay in cache, and written to float ``out
-    [..., 3, H, W]``, whose leading dims enumerate the N frames in row-major order (it may be
-    a strided view, e.g. ``[K, 3, T, H, W].transpose(1, 2)``). Returns ``out``.
+    with ``factors[n]`` (brightness, contrast, saturation, hue) in the order ``order[n]``. All
+    frames go through step k together (each its own op ``order[n, k]``). The result is written
+    to float ``out [..., 3, H, W]``, whose leading dims enumerate the N frames in row-major
+    order (it may be a strided view, e.g. ``[K, 3, T, H, W].transpose(1, 2)``). Returns ``out``.
     """
-    code, sort = (order @ torch.tensor([64, 16, 4, 1])).sort()  # [N] one id per permutation
-    lead = out.shape[:-3]
-    start = 0
-    for count in torch.unique_consecutive(code, return_counts=True)[1].tolist():
-        rows = sort[start:start + count]  # [M]
-        x = frames[rows].to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-        x = gray_channels(x, gray[rows], channel[rows])  # [M, 3, H, W]
-        f = factors[rows].view(-1, 4, 1, 1, 1)
-        for op in order[rows[0]].tolist():
-            x = _jitter_op(x, op, f[:, op])
-        out[torch.unravel_index(rows, lead)] = normalize(x)
-        start += count
+    x = _to_float(frames, gray, channel)  # [N, 3, H, W]
+    luma = torch.empty(x.shape[0], *x.shape[2:])  # [N, H, W] scratch
+    for op in order.t():  # [N] op of each frame at this step
+        _jitter_step(x, op, factors.gather(1, op.unsqueeze(1)).squeeze(1), luma)
+    x = x.view(out.shape)  # [..., 3, H, W]
+    for c, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):  # torchvision's normalize
+        torch.sub(x[..., c, :, :], mean, out=out[..., c, :, :]).div_(std)
     return out
 
 
