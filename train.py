@@ -244,6 +244,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             if stop or (args.save_every and global_step % args.save_every == 0):
                 save(epoch, step, ["last.pth"])
             if stop:
+                bar.close()
                 tracker.print(f"stopped after {global_step} steps (--max_steps); continue with --resume auto")
                 tracker.close()
                 return history
