@@ -1,15 +1,14 @@
 """Tests of engine.distributed: rank helpers and the two gathers, alone and on 2 gloo workers."""
 
-import multiprocessing
 import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.distributed import (all_gather_no_grad, all_gather_with_grad, find_free_port, get_rank,
                                 get_world_size, is_main_process)
+from tests.two_workers import run_on_two_workers
 
 WORLD, LOCAL, DIM = 2, 3, 4
 
@@ -30,26 +29,22 @@ def _cross_sample_loss(z: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(z @ z.T, dim=1).mean() + z.pow(2).mean()
 
 
-def _worker(rank: int, port: int, outdir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        res = {"rank": get_rank(), "world": get_world_size(), "main": is_main_process()}
-        mine = torch.arange(LOCAL * 2, dtype=torch.float32).reshape(LOCAL, 2) + 100 * rank
-        nograd = all_gather_no_grad(mine.clone().requires_grad_())
-        res["nograd"], res["nograd_requires_grad"] = nograd, nograd.requires_grad
-        leaf = mine.clone().requires_grad_()
-        gathered = all_gather_with_grad(leaf)  # [WORLD*LOCAL, 2]
-        weights = torch.arange(gathered.numel(), dtype=torch.float32).reshape(gathered.shape)  # same on all ranks
-        (weights * gathered).sum().backward()
-        res["withgrad"], res["leaf_grad"] = gathered.detach(), leaf.grad
-        x, layer = _global_batch()
-        model = DistributedDataParallel(layer)
-        loss = _cross_sample_loss(all_gather_with_grad(model(x[rank * LOCAL:(rank + 1) * LOCAL])))
-        loss.backward()
-        res["loss"], res["weight_grad"], res["bias_grad"] = loss.detach(), layer.weight.grad, layer.bias.grad
-        torch.save(res, f"{outdir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    res = {"rank": get_rank(), "world": get_world_size(), "main": is_main_process()}
+    mine = torch.arange(LOCAL * 2, dtype=torch.float32).reshape(LOCAL, 2) + 100 * rank
+    nograd = all_gather_no_grad(mine.clone().requires_grad_())
+    res["nograd"], res["nograd_requires_grad"] = nograd, nograd.requires_grad
+    leaf = mine.clone().requires_grad_()
+    gathered = all_gather_with_grad(leaf)  # [WORLD*LOCAL, 2]
+    weights = torch.arange(gathered.numel(), dtype=torch.float32).reshape(gathered.shape)  # same on all ranks
+    (weights * gathered).sum().backward()
+    res["withgrad"], res["leaf_grad"] = gathered.detach(), leaf.grad
+    x, layer = _global_batch()
+    model = DistributedDataParallel(layer)
+    loss = _cross_sample_loss(all_gather_with_grad(model(x[rank * LOCAL:(rank + 1) * LOCAL])))
+    loss.backward()
+    res["loss"], res["weight_grad"], res["bias_grad"] = loss.detach(), layer.weight.grad, layer.bias.grad
+    return res
 
 
 def test_helpers_without_process_group():
@@ -70,19 +65,8 @@ def test_find_free_port_can_be_bound():
         sock.bind(("127.0.0.1", port))
 
 
-def _run_on_two_workers(worker, tmp_path) -> list[dict]:
-    """Run ``worker(rank, port, outdir)`` on WORLD forked gloo workers; return what each saved.
-
-    forkserver: torch is imported once per session in the server (DDP also imports
-    torch._dynamo when built); the workers fork from it in well under a second.
-    """
-    multiprocessing.set_forkserver_preload(["torch", "torch._dynamo"])
-    mp.start_processes(worker, args=(find_free_port(), str(tmp_path)), nprocs=WORLD, start_method="forkserver")
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-
-
 def test_two_gloo_workers(tmp_path):
-    res = _run_on_two_workers(_worker, tmp_path)
+    res = run_on_two_workers(_worker, tmp_path=tmp_path)
     expected = torch.cat([torch.arange(LOCAL * 2, dtype=torch.float32).reshape(LOCAL, 2) + 100 * r
                           for r in range(WORLD)])  # rank order
     weights = torch.arange(expected.numel(), dtype=torch.float32).reshape(expected.shape)

@@ -1,16 +1,12 @@
 """Tests of losses.graph: infer_graph and graph_constraint against loops, by hand, on 2 workers."""
 
 import math
-import multiprocessing
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
-from engine.distributed import find_free_port
 from losses import graph_constraint, infer_graph
+from tests.two_workers import ddp_and_one_process
 
 WORLD, LOCAL, DIM, C = 2, 3, 4, 5
 
@@ -104,24 +100,8 @@ def _loss_and_grads(model, layer, x, graph):
     return loss.detach(), layer.weight.grad, layer.bias.grad
 
 
-def _worker(rank, port, outdir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        x, layer, graph = _global_inputs()
-        res = _loss_and_grads(DistributedDataParallel(layer), layer, x[rank * LOCAL:(rank + 1) * LOCAL], graph)
-        torch.save(res, f"{outdir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_workers_equal_one_process(tmp_path):
-    # forkserver: torch is imported once per session in the server (DDP also imports
-    # torch._dynamo when built); the workers fork from it in well under a second
-    multiprocessing.set_forkserver_preload(["torch", "torch._dynamo"])
-    mp.start_processes(_worker, args=(find_free_port(), str(tmp_path)), nprocs=WORLD, start_method="forkserver")
-    x, layer, graph = _global_inputs()
-    single = _loss_and_grads(layer, layer, x, graph)
-    for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    res, single = ddp_and_one_process(_global_inputs, _loss_and_grads, tmp_path)
+    for got in res:
         for value, want in zip(got, single):
             torch.testing.assert_close(value, want)

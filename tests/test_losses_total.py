@@ -1,16 +1,12 @@
 """Tests of losses.total: wiring and weights of the MFO objective, the bank push, 2 workers."""
 
-import multiprocessing
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.distributed import find_free_port
 from losses import (PrototypeBank, graph_constraint, infer_graph, instance_contrast, mfo_objective,
                     motion_contrast, prototype_swap, temporal_alignment)
+from tests.two_workers import run_on_two_workers
 
 WORLD, LOCAL, DIM, C, K, BANK = 2, 3, 4, 5, 6, 8
 SHAPES = {"high": (3, C), "high_t": (3, C, 2), "mid": (2, 3, C), "mid_t": (3, C, 4), "low": (2, 3, C),
@@ -114,28 +110,20 @@ def _steps(model, heads, x):
     return res
 
 
-def _worker(rank, port, outdir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        gen = torch.Generator().manual_seed(7)
-        heads, x = _Heads(gen), torch.randn(WORLD * LOCAL, DIM, generator=gen)
-        # the graph heads are unused in the first step (before --split), hence find_unused_parameters
-        model = DistributedDataParallel(heads, find_unused_parameters=True)
-        torch.save(_steps(model, heads, x[rank * LOCAL:(rank + 1) * LOCAL]), f"{outdir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank):
+    gen = torch.Generator().manual_seed(7)
+    heads, x = _Heads(gen), torch.randn(WORLD * LOCAL, DIM, generator=gen)
+    # the graph heads are unused in the first step (before --split), hence find_unused_parameters
+    model = DistributedDataParallel(heads, find_unused_parameters=True)
+    return _steps(model, heads, x[rank * LOCAL:(rank + 1) * LOCAL])
 
 
 def test_two_workers_equal_one_process(tmp_path):
-    # forkserver: torch is imported once per session in the server (DDP also imports
-    # torch._dynamo when built); the workers fork from it in well under a second
-    multiprocessing.set_forkserver_preload(["torch", "torch._dynamo"])
-    mp.start_processes(_worker, args=(find_free_port(), str(tmp_path)), nprocs=WORLD, start_method="forkserver")
+    res = run_on_two_workers(_worker, tmp_path=tmp_path)
     gen = torch.Generator().manual_seed(7)
     heads, x = _Heads(gen), torch.randn(WORLD * LOCAL, DIM, generator=gen)
     single = _steps(heads, heads, x)
-    for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    for got in res:
         for (loss, terms, grads, queue), (want_loss, want_terms, want_grads, want_queue) in zip(got, single):
             torch.testing.assert_close(loss, want_loss)
             assert terms.keys() == want_terms.keys()
