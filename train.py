@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datasets import FrameDecodeError, PretrainDataset
+from datasets import DataError, FrameDecodeError, PretrainDataset
 from engine import distributed
 from engine.checkpoint import (CheckpointError, git_commit, link_checkpoint, load_checkpoint, resolve_resume,
                                rng_state, save_checkpoint, set_rng_state, unwrap)
@@ -273,7 +273,7 @@ def main(argv=None) -> list[dict] | None:
         raise SystemExit(f"--csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
     try:
         return distributed.launch(main_worker, args)
-    except (NonFiniteLossError, CheckpointError) as e:
+    except (NonFiniteLossError, CheckpointError, DataError, FrameDecodeError) as e:
         raise SystemExit(f"error: {e}") from e
     except torch.multiprocessing.ProcessRaisedException as e:  # a spawned worker failed: its traceback says why
         raise SystemExit(f"error in a worker process:\n{e}") from e

@@ -132,3 +132,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(csv_file, tmp_path
     with pytest.raises(SystemExit, match=r"non-finite loss nan at global step 3 \(terms: .*inst="):
         run(csv_file, tmp_path / "nan", "--save_every 1")
     assert load_checkpoint(tmp_path / "nan" / "last.pth")["global_step"] == 2
+
+
+def test_unreadable_video_is_replaced_and_counted_unless_strict(csv_file, tmp_path, capsys):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(Path(csv_file).parent, data)
+    broken = sorted((data / "frames").glob("*/*/"))[0]
+    for jpeg in broken.glob("*.jpg"):
+        jpeg.write_bytes(b"not a jpeg")
+    run(str(data / "pretrain.csv"), tmp_path / "lenient", "--max_steps 2")  # one epoch: every video once
+    assert tb_scalars(tmp_path / "lenient", "data/replaced_videos")[2] >= 1
+    assert str(broken.name) in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=f"cannot decode frame .*{broken.name}"):
+        run(str(data / "pretrain.csv"), tmp_path / "strict", "--max_steps 2 --strict_data")
