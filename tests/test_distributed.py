@@ -8,7 +8,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine.distributed import (all_gather_no_grad, all_gather_with_grad, find_free_port, get_rank,
                                 get_world_size, is_main_process)
-from tests.two_workers import run_on_two_workers
+from tests.two_workers import run_on_two_workers, seeded_batch_and_layer
 
 WORLD, LOCAL, DIM = 2, 3, 4
 
@@ -16,11 +16,7 @@ WORLD, LOCAL, DIM = 2, 3, 4
 def _global_batch() -> tuple[torch.Tensor, torch.nn.Linear]:
     """Inputs [WORLD*LOCAL, DIM] and a layer, identical on every rank (fixed seed)."""
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(WORLD * LOCAL, DIM, generator=gen)
-    layer = torch.nn.Linear(DIM, DIM)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(DIM, DIM, generator=gen))
-        layer.bias.copy_(torch.randn(DIM, generator=gen))
+    x, layer = seeded_batch_and_layer(gen, WORLD * LOCAL, DIM, DIM)
     return x, layer
 
 

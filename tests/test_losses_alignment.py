@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from losses import temporal_alignment
-from tests.two_workers import ddp_and_one_process
+from tests.two_workers import ddp_and_one_process, seeded_batch_and_layer
 
 WORLD, LOCAL, DIM, C, STEPS = 2, 3, 4, 5, 4
 
@@ -63,11 +63,7 @@ def test_wrong_shapes_raise():
 def _global_inputs():
     """Inputs [WORLD*LOCAL, DIM] and a layer DIM -> 3*C*STEPS, identical on every rank."""
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(WORLD * LOCAL, DIM, generator=gen)
-    layer = torch.nn.Linear(DIM, 3 * C * STEPS)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(3 * C * STEPS, DIM, generator=gen))
-        layer.bias.copy_(torch.randn(3 * C * STEPS, generator=gen))
+    x, layer = seeded_batch_and_layer(gen, WORLD * LOCAL, DIM, 3 * C * STEPS)
     return x, layer
 
 

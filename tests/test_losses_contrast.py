@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from losses import instance_contrast, motion_contrast
-from tests.two_workers import ddp_and_one_process
+from tests.two_workers import ddp_and_one_process, seeded_batch_and_layer
 
 WORLD, LOCAL, DIM, C = 2, 3, 4, 5
 
@@ -93,11 +93,7 @@ def test_wrong_shapes_raise():
 def _global_inputs():
     """Inputs [WORLD*LOCAL, DIM] and a layer DIM -> 4*C, identical on every rank."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(WORLD * LOCAL, DIM, generator=gen)
-    layer = torch.nn.Linear(DIM, 4 * C)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(4 * C, DIM, generator=gen))
-        layer.bias.copy_(torch.randn(4 * C, generator=gen))
+    x, layer = seeded_batch_and_layer(gen, WORLD * LOCAL, DIM, 4 * C)
     return x, layer
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from losses import graph_constraint, infer_graph
-from tests.two_workers import ddp_and_one_process
+from tests.two_workers import ddp_and_one_process, seeded_batch_and_layer
 
 WORLD, LOCAL, DIM, C = 2, 3, 4, 5
 
@@ -84,11 +84,7 @@ def test_wrong_shapes_raise():
 def _global_inputs():
     """Inputs [WORLD*LOCAL, DIM], a layer DIM -> 2*C and a graph, identical on every rank."""
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(WORLD * LOCAL, DIM, generator=gen)
-    layer = torch.nn.Linear(DIM, 2 * C)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(2 * C, DIM, generator=gen))
-        layer.bias.copy_(torch.randn(2 * C, generator=gen))
+    x, layer = seeded_batch_and_layer(gen, WORLD * LOCAL, DIM, 2 * C)
     graph = infer_graph(torch.softmax(torch.randn(WORLD * LOCAL, WORLD * LOCAL, generator=gen), dim=1),
                         torch.tensor([0, 1] * LOCAL), thres=0.05)
     return x, layer, graph

@@ -7,7 +7,7 @@ import torch
 
 from engine.distributed import all_gather_no_grad
 from losses import PrototypeBank, prototype_swap, sinkhorn
-from tests.two_workers import ddp_and_one_process
+from tests.two_workers import ddp_and_one_process, seeded_batch_and_layer
 
 WORLD, LOCAL, DIM, K, BANK = 2, 3, 4, 7, 10
 
@@ -135,11 +135,7 @@ def test_bank_errors():
 def _global_inputs():
     """Inputs [WORLD*LOCAL, DIM] and a layer DIM -> 2*K, identical on every rank."""
     gen = torch.Generator().manual_seed(5)
-    x = torch.randn(WORLD * LOCAL, DIM, generator=gen)
-    layer = torch.nn.Linear(DIM, 2 * K)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(2 * K, DIM, generator=gen) / 3)
-        layer.bias.copy_(torch.randn(2 * K, generator=gen) / 3)
+    x, layer = seeded_batch_and_layer(gen, WORLD * LOCAL, DIM, 2 * K, scale=1 / 3)
     return x, layer
 
 

@@ -12,6 +12,18 @@ from engine.distributed import find_free_port
 WORLD = 2
 
 
+def seeded_batch_and_layer(gen: torch.Generator, rows: int, dim: int, out: int,
+                           scale: float = 1.0) -> tuple[torch.Tensor, torch.nn.Linear]:
+    """Inputs [rows, dim] and a Linear dim -> out drawn from ``gen`` (in that order), so every rank
+    seeding ``gen`` alike builds the same global batch and layer; weights are scaled by ``scale``."""
+    x = torch.randn(rows, dim, generator=gen)
+    layer = torch.nn.Linear(dim, out)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(out, dim, generator=gen) * scale)
+        layer.bias.copy_(torch.randn(out, generator=gen) * scale)
+    return x, layer
+
+
 def _worker(rank, port, outdir, fn, args):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
