@@ -23,6 +23,7 @@ from datasets import DataError, FrameDecodeError, PretrainDataset
 from engine import distributed
 from engine.checkpoint import (CheckpointError, git_commit, link_checkpoint, load_checkpoint, resolve_resume,
                                rng_state, save_checkpoint, set_rng_state, unwrap)
+from engine.memory import loader_kwargs
 from engine.sampling import ResumableSampler, SeededSamples
 from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args
 from losses import PrototypeBank, mfo_objective
@@ -149,7 +150,8 @@ def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, ResumableS
     samples = SeededSamples(dataset, seed=args.seed, errors=(FrameDecodeError, OSError), strict=args.strict_data)
     loader = DataLoader(samples, batch_size=args.train_batch, sampler=sampler, num_workers=args.workers,
                         pin_memory=ctx.device.type == "cuda", drop_last=True,
-                        persistent_workers=False, prefetch_factor=4 if args.workers > 0 else None)
+                        persistent_workers=False, prefetch_factor=4 if args.workers > 0 else None,
+                        **loader_kwargs(args.workers))
     return loader, sampler
 
 

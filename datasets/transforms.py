@@ -21,6 +21,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # jitter op ids, as in an ``order`` row
+_HUE_OFFSETS = torch.tensor([0.0, -2.0, -4.0]).view(1, 3, 1, 1)  # n - 5 for R, G, B (see _hue)
 
 
 def crop_resize(frames: torch.Tensor, box: Box, size: int) -> torch.Tensor:
@@ -81,39 +82,28 @@ def view_boxes(width: int, height: int, views: str, crop: float) -> list[tuple[B
     return boxes + [(box, True) for box, _ in boxes]
 
 
-def _to_float(frames: torch.Tensor, gray: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
-    """uint8 ``frames [N, 3, H, W]`` (any memory format) as float ``[N, 3, H, W]`` in [0, 1]
-    (contiguous), each frame ``n`` with ``gray[n]`` holding its channel ``channel[n]`` in all three."""
-    x = torch.empty(frames.shape, dtype=torch.float32).copy_(frames).div_(255)
-    for n, c in zip(gray.nonzero().squeeze(1).tolist(), channel[gray].tolist()):
-        for other in {0, 1, 2} - {c}:
-            x[n, other].copy_(x[n, c])
-    return x
-
-
 def _blend_step(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor, luma: torch.Tensor) -> None:
     """Brightness, contrast or saturation, chosen per frame by ``op [N]`` with factors ``f [N]``,
-    on ``x [N, 3, H, W]`` in place; frames whose op is hue are left as they are.
+    on ``x [N, 3, H, W]`` (values in [0, 255]) in place; frames whose op is hue are left as they are.
 
-    Each is torchvision's ``clamp(f x + (1 - f) y, 0, 1)``, with y = 0 (brightness), the frame's
-    mean luma (contrast) or the pixel's luma (saturation); ``luma [N, H, W]`` is scratch space.
+    Each is torchvision's ``clamp(f x + (1 - f) y)``, with y = 0 (brightness), the frame's mean
+    luma (contrast) or the pixel's luma (saturation); ``luma [N, H, W]`` is scratch space.
     """
     f = torch.where(op == HUE, 1.0, f)  # [N] hue frames: 1 x + 0, exactly x
     is_contrast, is_saturation = op == CONTRAST, op == SATURATION
-    f3 = f.view(-1, 1, 1)
     if not bool(is_contrast.any() | is_saturation.any()):
-        x.mul_(f3.unsqueeze(1)).clamp_(0, 1)
+        x.mul_(f.view(-1, 1, 1, 1)).clamp_(0, 255)
         return
     r, g, b = x.unbind(1)  # [N, H, W] each
     torch.mul(r, _GRAY_WEIGHTS[0], out=luma).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2])
     mean = (is_contrast * (1 - f)) * luma.mean(dim=(1, 2))  # [N] (1 - f) y of the contrast frames
     y = luma.mul_((is_saturation * (1 - f)).view(-1, 1, 1)).add_(mean.view(-1, 1, 1))  # [N, H, W]
-    for plane in (r, g, b):
-        torch.addcmul(y, plane, f3, out=plane).clamp_(0, 1)
+    torch.addcmul(y.unsqueeze(1), x, f.view(-1, 1, 1, 1), out=x).clamp_(0, 255)
 
 
-def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue of ``x [N,3,H,W]`` by ``shift [N]`` turns, in place (torchvision's result).
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> None:
+    """Rotate the HSV hue of ``x [N, 3, H, W]`` (values in [0, 255]) by ``shift [N]`` turns, in
+    place (torchvision's result).
 
     Value (max) and min stay; with hue h in sixths of a turn ([0, 6)) and chroma c = max - min,
     channel n (R: 5, G: 3, B: 1) of HSV -> RGB is ``max - c * clamp(2 - a, 0, 1)`` with
@@ -126,23 +116,13 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # is picked by lerp with exact 0/1 weights: sign(max - channel) is 0 where the max is there
     not_g = (high - g).sign_()
     hue6 = torch.lerp((b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4), not_g)
-    hue6 = torch.lerp(g - b, hue6, (high - r).sign_())
-    hue6.div_(chroma.clamp_min(1e-12))  # grey pixels (chroma 0): 0, their hue does not matter
+    hue6 = torch.lerp(g - b, hue6, high.sub_(r).sign_())
+    hue6.div_(chroma.clamp_min(1e-9))  # grey pixels (chroma 0): 0, their hue does not matter
     hue6.add_(shift.view(-1, 1, 1), alpha=6)
     hue6.sub_(torch.mul(hue6, 1 / 6).floor_(), alpha=6)  # into [0, 6)
     low.sub_(chroma)
-    for plane, offset in zip((r, g, b), (0.0, -2.0, -4.0)):  # n - 5
-        torch.add(hue6, offset, out=plane).abs_().sub_(3).abs_().clamp_(1, 2).mul_(chroma).add_(low)
-    return x
-
-
-def _jitter_step(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor, luma: torch.Tensor) -> None:
-    """One step of the jitter: op ``op[n]`` with factor ``f[n]`` on frame n of ``x [N, 3, H, W]``
-    (in place); the hue frames are gathered, rotated and scattered back."""
-    _blend_step(x, op, f, luma)
-    rows = (op == HUE).nonzero().squeeze(1)  # [M]
-    if len(rows):
-        x.index_copy_(0, rows, _hue(x.index_select(0, rows), f[rows]))
+    torch.add(hue6.unsqueeze(1), _HUE_OFFSETS, out=x)  # [N, 3, H, W]: h + n - 5 for R, G, B
+    torch.addcmul(low.unsqueeze(1), x.abs_().sub_(3).abs_().clamp_(1, 2), chroma.unsqueeze(1), out=x)
 
 
 def draw_jitter(n: int, brightness: float, contrast: float, saturation: float,
@@ -164,18 +144,40 @@ def augment_frames(frames: torch.Tensor, gray: torch.Tensor, channel: torch.Tens
     """Per-frame gray, colour jitter and ImageNet normalisation of uint8 ``frames [N, 3, H, W]``.
 
     Frame n: if ``gray[n]``, channel ``channel[n]`` is copied to all three; then the jitter ops
-    with ``factors[n]`` (brightness, contrast, saturation, hue) in the order ``order[n]``. All
-    frames go through step k together (each its own op ``order[n, k]``). The result is written
-    to float ``out [..., 3, H, W]``, whose leading dims enumerate the N frames in row-major
-    order (it may be a strided view, e.g. ``[K, 3, T, H, W].transpose(1, 2)``). Returns ``out``.
+    with ``factors[n]`` (brightness, contrast, saturation, hue) in the order ``order[n]``. The
+    result is written to float ``out [..., 3, H, W]``, whose leading dims enumerate the N frames
+    in row-major order (it may be a strided view, e.g. ``[K, 3, T, H, W].transpose(1, 2)``).
+    Returns ``out``.
+
+    All frames go through step k together, each with its own op ``order[n, k]``; they are worked
+    on grouped by the step of their hue rotation, so that each step's hue frames are one
+    contiguous block, and put back in place by the final write. Values stay in [0, 255] until
+    the normalisation (torchvision's formulas are scale-free apart from the clamp bound).
     """
-    x = _to_float(frames, gray, channel)  # [N, 3, H, W]
-    luma = torch.empty(x.shape[0], *x.shape[2:])  # [N, H, W] scratch
-    for op in order.t():  # [N] op of each frame at this step
-        _jitter_step(x, op, factors.gather(1, op.unsqueeze(1)).squeeze(1), luma)
-    x = x.view(out.shape)  # [..., 3, H, W]
+    n, _, height, width = frames.shape
+    hue_step = (order == HUE).int().argmax(dim=1)  # [N] step at which frame n rotates its hue
+    perm = torch.argsort(hue_step, stable=True)  # [N] frames grouped by that step
+    ends = torch.bincount(hue_step, minlength=4).cumsum(0).tolist()
+    gray, channel, factors, order = gray[perm], channel[perm], factors[perm], order[perm]
+    pixels = frames.permute(0, 2, 3, 1)  # [N, H, W, 3]: contiguous for a channels-last crop
+    grouped = (pixels.index_select(0, perm).permute(0, 3, 1, 2) if pixels.is_contiguous()
+               else frames.index_select(0, perm))  # uint8 [N, 3, H, W]
+    x = torch.empty(n, 3, height, width).copy_(grouped)  # float, contiguous, in [0, 255]
+    for row, c in zip(gray.nonzero().squeeze(1).tolist(), channel[gray].tolist()):
+        for other in {0, 1, 2} - {c}:
+            x[row, other].copy_(x[row, c])
+    luma = torch.empty(n, height, width)  # [N, H, W] scratch
+    start = 0
+    for k, end in enumerate(ends):
+        op = order[:, k]  # [N] op of each frame at this step
+        f = factors.gather(1, op.unsqueeze(1)).squeeze(1)  # [N]
+        _blend_step(x, op, f, luma)
+        if end > start:
+            _hue(x[start:end], f[start:end])
+        start = end
     for c, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):  # torchvision's normalize
-        torch.sub(x[..., c, :, :], mean, out=out[..., c, :, :]).div_(std)
+        x[:, c].mul_(1 / (255 * std)).sub_(mean / std)
+    out.index_put_(torch.unravel_index(perm, out.shape[:-3]), x)
     return out
 
 

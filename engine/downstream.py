@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from engine.checkpoint import git_commit, load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from engine.memory import loader_kwargs
 from engine.results import accuracy_report, read_class_names, save_confusion_png, write_json
 from engine.sampling import ResumableSampler, SeededSamples
 from engine.tracking import Tracker, check_finite, format_args
@@ -183,7 +184,7 @@ def train_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
         raise ValueError(f"training needs at least 2 samples, got {len(dataset)}; check --train_csv")
     return DataLoader(SeededSamples(dataset, args.seed, strict=True), batch_size=args.batch_size,
                       sampler=ResumableSampler(dataset, seed=args.seed), collate_fn=_drop_count,
-                      num_workers=args.workers, drop_last=len(dataset) > args.batch_size)
+                      num_workers=args.workers, drop_last=len(dataset) > args.batch_size, **loader_kwargs(args.workers))
 
 
 def collate_videos(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
@@ -196,7 +197,8 @@ def collate_videos(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Ten
 
 def video_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
     """One video per item, in order: a video holds all its windows x views."""
-    return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_videos, num_workers=args.workers)
+    return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_videos, num_workers=args.workers,
+                      **loader_kwargs(args.workers))
 
 
 # ----------------------------------------------------------------------------- train and test

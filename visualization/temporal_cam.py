@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from datasets import ClipDataset, DataError
 from engine.checkpoint import CheckpointError, git_commit, save_checkpoint
+from engine.memory import loader_kwargs
 from engine.tracking import Tracker, check_finite, format_args
 from models import BACKBONES, build_backbone, load_backbone
 from visualization.cam import (CLASS_NAMES, clip_cam, order_head, pooled_logits, to_rgb, with_reversed,
@@ -124,7 +125,8 @@ def train_head(backbone: nn.Module, head: nn.Linear, loader: DataLoader, args: a
 def order_accuracy(backbone: nn.Module, head: nn.Linear, dataset: ClipDataset, args: argparse.Namespace,
                    device: torch.device, tracker: Tracker) -> dict:
     """Fraction of test clips (every window of every video, forward and reversed) whose order is told right."""
-    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers)  # one video (N windows) at a time
+    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers,  # one video (N windows) at a time
+                        **loader_kwargs(args.workers))
     hits = torch.zeros(2, dtype=torch.long)  # right answers per true class (forward, reversed)
     clips_seen = 0
     with torch.no_grad():
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=False,
-                        generator=torch.Generator().manual_seed(args.seed))
+                        generator=torch.Generator().manual_seed(args.seed), **loader_kwargs(args.workers))
     train_head(backbone, head, loader, args, device, tracker)
     save_checkpoint({"head": head.state_dict(), "arch": args.arch, "args": vars(args)}, out_dir / "order_head.pth")
 
