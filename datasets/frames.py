@@ -1,6 +1,7 @@
 """Decoding frames of a frame folder once each, at reduced size when possible."""
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -53,7 +54,7 @@ def _jpeg_scale(size: tuple[int, int], need: tuple[int, int]) -> int:
     return max((s for s in (8, 4, 2, 1) if s <= fit), default=1)
 
 
-def _decode_pil(path: Path, need: tuple[int, int]) -> np.ndarray:
+def _decode_pil(path: Path, need: tuple[int, int]) -> torch.Tensor:
     """Decode ``path`` with PIL to RGB ``[H, W, 3]`` uint8, at the smallest JPEG scale (1, 1/2,
     1/4, 1/8) whose size is still at least ``need`` = (w, h)."""
     try:
@@ -61,50 +62,59 @@ def _decode_pil(path: Path, need: tuple[int, int]) -> np.ndarray:
             image.draft("RGB", need)
             if image.mode != "RGB":
                 image = image.convert("RGB")
-            return np.asarray(image)
+            return torch.from_numpy(np.array(image))
     except (OSError, ValueError) as error:
         raise FrameDecodeError(path, str(error)) from error
 
 
-def _decode(path: Path, need: tuple[int, int] | None = None) -> np.ndarray:
+def _read_file(path: Path) -> torch.Tensor:
+    """The bytes of ``path`` as a uint8 tensor (one read into a buffer of the file's size)."""
+    with open(path, "rb", buffering=0) as file:
+        data = bytearray(os.fstat(file.fileno()).st_size)
+        view, done = memoryview(data), 0
+        while done < len(data) and (got := file.readinto(view[done:])):
+            done += got
+    return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
+def _decode(path: Path, need: tuple[int, int] | None = None) -> torch.Tensor:
     """Decode ``path`` to RGB ``[H, W, 3]`` uint8: at full size with torchvision's JPEG decoder
     when ``need`` is None (libjpeg-turbo, as PIL, but writing RGB straight into the tensor:
     about 20% faster than PIL here), else, or for a file it cannot read, with PIL."""
     if need is None and _decode_jpeg is not None:
         try:
-            data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-            return _decode_jpeg(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()  # a view of HWC memory
+            return _decode_jpeg(_read_file(path), mode=ImageReadMode.RGB).permute(1, 2, 0)  # HWC memory
         except (OSError, RuntimeError):
             pass  # missing, truncated, or not a JPEG: PIL decodes it or names the problem
     return _decode_pil(path, need or (1 << 30, 1 << 30))
 
 
-def read_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = None) -> torch.Tensor:
-    """Frames ``indices`` (0-based, may repeat) of ``folder`` as uint8 ``[N, H, W, 3]``.
+def decode_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = None) -> list[torch.Tensor]:
+    """Frames ``indices`` (0-based, may repeat) of ``folder``: a list of uint8 ``[H, W, 3]``.
 
-    Each distinct frame is decoded once. With ``need`` = (w, h), frames are decoded at the
-    reduced JPEG scale (1/2, 1/4, 1/8) that keeps at least that many pixels, when the frames
-    (size read from the first one's header) are large enough for one; otherwise at full size.
-    All frames must have one size.
+    Each distinct frame is decoded once (a repeated index gives the same tensor again). With
+    ``need`` = (w, h), frames are decoded at the reduced JPEG scale (1/2, 1/4, 1/8) that keeps
+    at least that many pixels, when the frames (size read from the first one's header) are
+    large enough for one; otherwise at full size. All frames must have one size.
     """
     folder = Path(folder)
     if need is not None and _jpeg_scale(frame_size(folder, indices[0]), need) == 1:
         need = None  # full size anyway: the faster full-size decoder
-    out = None
-    first: dict[int, int] = {}  # frame index -> first row holding it
+    decoded: dict[int, torch.Tensor] = {}
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders (see _decode)
         warnings.simplefilter("ignore", DeprecationWarning)
-        for row, index in enumerate(indices):
-            if index in first:
-                out[row] = out[first[index]]
+        for index in indices:
+            if index in decoded:
                 continue
-            first[index] = row
-            image = _decode(folder / frame_name(index), need)
-            if out is None:
-                out = np.empty((len(indices), *image.shape), np.uint8)  # [N, H, W, 3]
-            elif image.shape != out.shape[1:]:
+            image = decoded[index] = _decode(folder / frame_name(index), need)
+            first = next(iter(decoded.values()))
+            if image.shape != first.shape:
                 raise FrameDecodeError(folder / frame_name(index),
                                        f"size {image.shape[1]}x{image.shape[0]} differs from the "
-                                       f"first frame's {out.shape[2]}x{out.shape[1]}")
-            out[row] = image
-    return torch.from_numpy(out)
+                                       f"first frame's {first.shape[1]}x{first.shape[0]}")
+    return [decoded[index] for index in indices]
+
+
+def read_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = None) -> torch.Tensor:
+    """``decode_frames`` stacked: uint8 ``[N, H, W, 3]``."""
+    return torch.stack(decode_frames(folder, indices, need))

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from datasets.frames import decode_size, read_frames
+from datasets.frames import decode_frames, decode_size
 from datasets.index import DataError, read_csv
 from datasets.transforms import crop_resize, random_augment_frames, sample_box
 
@@ -74,7 +74,7 @@ class PretrainDataset(Dataset):
         seq, sample, size = self.seq, self.sample, self.img_dim
         indices, _, _ = sample_indices(video.frames, seq, sample, self.rate)
         boxes = [sample_box(*self.ref_size, self.crop_area) for _ in range(sample + 1)]
-        frames = read_frames(video.path, indices, decode_size(boxes, size))  # [S*T, H, W, 3] uint8
+        frames = decode_frames(video.path, indices, decode_size(boxes, size))  # S*T x [H, W, 3] uint8
         clips = [frames[c * seq:(c + 1) * seq] for c in range(sample)] + [frames[::sample]]
         flips = (torch.rand(sample + 1) < self.flip_p).tolist()
         crops = torch.cat([crop_resize(clip, box, size).flip(-1) if flip else crop_resize(clip, box, size)

@@ -24,15 +24,18 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # jitter op ids, as in an ``or
 _HUE_OFFSETS = torch.tensor([0.0, -2.0, -4.0]).view(1, 3, 1, 1)  # n - 5 for R, G, B (see _hue)
 
 
-def crop_resize(frames: torch.Tensor, box: Box, size: int) -> torch.Tensor:
-    """Crop ``box`` from uint8 frames ``[T, H, W, 3]`` and resize it to ``size`` x ``size``
-    (bilinear, antialiased): uint8 ``[T, 3, size, size]`` (channels-last memory, the fast path
-    of torch's uint8 resize). The box is rounded to whole pixels of the given frames."""
-    height, width = frames.shape[1:3]
+def crop_resize(frames: torch.Tensor | Sequence[torch.Tensor], box: Box, size: int) -> torch.Tensor:
+    """Crop ``box`` from uint8 frames ``[T, H, W, 3]`` (a tensor, or a sequence of ``[H, W, 3]``)
+    and resize it to ``size`` x ``size`` (bilinear, antialiased, as torchvision's
+    ``resized_crop``): uint8 ``[T, 3, size, size]`` in channels-last memory (the fast path of
+    torch's uint8 resize, which also runs faster on a compact copy of the crop than on a view
+    into the frames). The box is rounded to whole pixels of the given frames."""
+    height, width = frames[0].shape[:2]
     left, top = round(box[0] * width), round(box[1] * height)
     right, bottom = max(round(box[2] * width), left + 1), max(round(box[3] * height), top + 1)
-    return F.resized_crop(frames.permute(0, 3, 1, 2), top, left, bottom - top, right - left,
-                          [size, size], antialias=True)
+    crop = torch.stack([frame[top:bottom, left:right] for frame in frames]).permute(0, 3, 1, 2)  # [T, 3, h, w]
+    return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +104,25 @@ def _blend_step(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor, luma: torch.
     torch.addcmul(y.unsqueeze(1), x, f.view(-1, 1, 1, 1), out=x).clamp_(0, 255)
 
 
+def _grey_blend_step(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> None:
+    """``_blend_step`` for grey frames, given as their one channel ``x [N, 1, H, W]``.
+
+    On three equal channels c the luma is ``w c`` (w = the sum of the luma weights), so each
+    op is ``clamp(a c + b)`` with per-frame a, b: brightness a = f; contrast a = f and
+    b = (1 - f) w mean(c); saturation a = f + (1 - f) w; hue: a = 1 (it leaves grey alone).
+    """
+    weight = sum(_GRAY_WEIGHTS)
+    f = torch.where(op == HUE, 1.0, f)  # [N]
+    a = torch.where(op == SATURATION, f + (1 - f) * weight, f)  # [N]
+    is_contrast = op == CONTRAST
+    if bool(is_contrast.any()):
+        b = torch.where(is_contrast, (1 - f) * weight * x.mean(dim=(1, 2, 3)), 0.0)  # [N]
+        torch.addcmul(b.view(-1, 1, 1, 1), x, a.view(-1, 1, 1, 1), out=x)
+    else:
+        x.mul_(a.view(-1, 1, 1, 1))
+    x.clamp_(0, 255)
+
+
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> None:
     """Rotate the HSV hue of ``x [N, 3, H, W]`` (values in [0, 255]) by ``shift [N]`` turns, in
     place (torchvision's result).
@@ -149,35 +171,44 @@ def augment_frames(frames: torch.Tensor, gray: torch.Tensor, channel: torch.Tens
     in row-major order (it may be a strided view, e.g. ``[K, 3, T, H, W].transpose(1, 2)``).
     Returns ``out``.
 
-    All frames go through step k together, each with its own op ``order[n, k]``; they are worked
-    on grouped by the step of their hue rotation, so that each step's hue frames are one
-    contiguous block, and put back in place by the final write. Values stay in [0, 255] until
-    the normalisation (torchvision's formulas are scale-free apart from the clamp bound).
+    How, for speed (the result is the same, frame by frame): all frames go through step k
+    together, each with its own op ``order[n, k]``, grouped so that the hue frames of each step
+    are one contiguous block. Grey frames stay grey under every op (brightness, contrast and
+    saturation act alike on equal channels, and a hue rotation leaves a pixel without chroma
+    as it is), so they are worked on as one channel, and skip the hue. Values stay in [0, 255]
+    until the normalisation (the formulas are scale-free apart from the clamp bound).
     """
     n, _, height, width = frames.shape
     hue_step = (order == HUE).int().argmax(dim=1)  # [N] step at which frame n rotates its hue
-    perm = torch.argsort(hue_step, stable=True)  # [N] frames grouped by that step
-    ends = torch.bincount(hue_step, minlength=4).cumsum(0).tolist()
-    gray, channel, factors, order = gray[perm], channel[perm], factors[perm], order[perm]
+    group = hue_step + 4 * gray  # [N] colour frames by hue step, then the grey ones likewise
+    perm = torch.argsort(group, stable=True)  # [N]
+    ends = torch.bincount(group, minlength=8).cumsum(0).tolist()
+    colour = ends[3]  # frames perm[:colour] are in colour, perm[colour:] grey
+    channel, factors, order = channel[perm], factors[perm], order[perm]
     pixels = frames.permute(0, 2, 3, 1)  # [N, H, W, 3]: contiguous for a channels-last crop
-    grouped = (pixels.index_select(0, perm).permute(0, 3, 1, 2) if pixels.is_contiguous()
-               else frames.index_select(0, perm))  # uint8 [N, 3, H, W]
-    x = torch.empty(n, 3, height, width).copy_(grouped)  # float, contiguous, in [0, 255]
-    for row, c in zip(gray.nonzero().squeeze(1).tolist(), channel[gray].tolist()):
-        for other in {0, 1, 2} - {c}:
-            x[row, other].copy_(x[row, c])
-    luma = torch.empty(n, height, width)  # [N, H, W] scratch
-    start = 0
-    for k, end in enumerate(ends):
+    picked = (pixels.index_select(0, perm[:colour]).permute(0, 3, 1, 2) if pixels.is_contiguous()
+              else frames[perm[:colour]])  # uint8 [C, 3, H, W]
+    xc = torch.empty(colour, 3, height, width).copy_(picked)  # float in [0, 255]
+    xg = torch.empty(n - colour, 1, height, width)
+    xg.squeeze(1).copy_(frames[perm[colour:], channel[colour:]])  # the channel copied to all three
+    luma = torch.empty(colour, height, width)  # [C, H, W] scratch
+    starts = [0] + ends[:-1]
+    for k in range(4):  # frames starts[k]:ends[k] (colour), starts[4+k]:ends[4+k] (grey) rotate their hue now
         op = order[:, k]  # [N] op of each frame at this step
         f = factors.gather(1, op.unsqueeze(1)).squeeze(1)  # [N]
-        _blend_step(x, op, f, luma)
-        if end > start:
-            _hue(x[start:end], f[start:end])
-        start = end
-    for c, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):  # torchvision's normalize
-        x[:, c].mul_(1 / (255 * std)).sub_(mean / std)
-    out.index_put_(torch.unravel_index(perm, out.shape[:-3]), x)
+        for a, b in ((0, starts[k]), (ends[k], colour)):  # the other colour frames
+            if b > a:
+                _blend_step(xc[a:b], op[a:b], f[a:b], luma[a:b])
+        if ends[k] > starts[k]:
+            _hue(xc[starts[k]:ends[k]], f[starts[k]:ends[k]])
+        for a, b in ((colour, starts[4 + k]), (ends[4 + k], n)):  # the other grey frames
+            if b > a:
+                _grey_blend_step(xg[a - colour:b - colour], op[a:b], f[a:b])
+    scale = torch.tensor([1 / (255 * std) for std in IMAGENET_STD]).view(1, 3, 1, 1)
+    shift = torch.tensor([mean / std for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
+    index = torch.unravel_index(perm, out.shape[:-3])  # where each worked-on frame goes
+    out.index_put_(tuple(i[:colour] for i in index), xc.mul_(scale).sub_(shift))  # torchvision's normalize
+    out.index_put_(tuple(i[colour:] for i in index), torch.mul(xg, scale).sub_(shift))
     return out
 
 
