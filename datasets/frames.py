@@ -2,19 +2,18 @@
 
 import math
 import os
-import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-try:  # deprecated in torchvision 0.29 and slated for removal; PIL takes over where it is gone
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_jpeg as _decode_jpeg
-except ImportError:  # pragma: no cover - depends on the torchvision release
-    _decode_jpeg = None
+try:  # torchvision's JPEG decoder (its Python wrapper, deprecated since torchvision 0.29, only adds a warning)
+    import torchvision.io  # registers the op
+    _decode_jpeg, _RGB = torch.ops.image.decode_jpeg, torchvision.io.ImageReadMode.RGB.value
+except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - a torchvision without it
+    _decode_jpeg = None  # PIL decodes everything
 
 from datasets.index import frame_name
 
@@ -83,38 +82,41 @@ def _decode(path: Path, need: tuple[int, int] | None = None) -> torch.Tensor:
     about 20% faster than PIL here), else, or for a file it cannot read, with PIL."""
     if need is None and _decode_jpeg is not None:
         try:
-            return _decode_jpeg(_read_file(path), mode=ImageReadMode.RGB).permute(1, 2, 0)  # HWC memory
+            return _decode_jpeg(_read_file(path), _RGB, False).permute(1, 2, 0)  # HWC memory
         except (OSError, RuntimeError):
             pass  # missing, truncated, or not a JPEG: PIL decodes it or names the problem
     return _decode_pil(path, need or (1 << 30, 1 << 30))
 
 
-def decode_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = None) -> list[torch.Tensor]:
-    """Frames ``indices`` (0-based, may repeat) of ``folder``: a list of uint8 ``[H, W, 3]``.
+def iter_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+    """Frames ``indices`` (0-based, may repeat) of ``folder`` in turn, each uint8 ``[H, W, 3]``.
 
-    Each distinct frame is decoded once (a repeated index gives the same tensor again). With
-    ``need`` = (w, h), frames are decoded at the reduced JPEG scale (1/2, 1/4, 1/8) that keeps
-    at least that many pixels, when the frames (size read from the first one's header) are
-    large enough for one; otherwise at full size. All frames must have one size.
+    Each distinct frame is decoded once and kept only until its last use (a repeated index
+    gives the same tensor again), so a caller that uses each frame as it comes holds one frame
+    at a time. With ``need`` = (w, h), frames are decoded at the reduced JPEG scale (1/2, 1/4,
+    1/8) that keeps at least that many pixels, when the frames (size read from the first one's
+    header) are large enough for one; otherwise at full size. All frames must have one size.
     """
     folder = Path(folder)
     if need is not None and _jpeg_scale(frame_size(folder, indices[0]), need) == 1:
         need = None  # full size anyway: the faster full-size decoder
-    decoded: dict[int, torch.Tensor] = {}
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders (see _decode)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for index in indices:
-            if index in decoded:
-                continue
-            image = decoded[index] = _decode(folder / frame_name(index), need)
-            first = next(iter(decoded.values()))
-            if image.shape != first.shape:
+    last_use = {index: position for position, index in enumerate(indices)}
+    kept: dict[int, torch.Tensor] = {}
+    shape = None
+    for position, index in enumerate(indices):
+        image = kept.get(index)
+        if image is None:
+            image = kept[index] = _decode(folder / frame_name(index), need)
+            shape = shape or image.shape
+            if image.shape != shape:
                 raise FrameDecodeError(folder / frame_name(index),
                                        f"size {image.shape[1]}x{image.shape[0]} differs from the "
-                                       f"first frame's {first.shape[1]}x{first.shape[0]}")
-    return [decoded[index] for index in indices]
+                                       f"first frame's {shape[1]}x{shape[0]}")
+        if last_use[index] == position:
+            del kept[index]
+        yield image
 
 
 def read_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = None) -> torch.Tensor:
-    """``decode_frames`` stacked: uint8 ``[N, H, W, 3]``."""
-    return torch.stack(decode_frames(folder, indices, need))
+    """``iter_frames`` stacked: uint8 ``[N, H, W, 3]``."""
+    return torch.stack(list(iter_frames(folder, indices, need)))

@@ -11,9 +11,9 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from datasets.frames import decode_frames, decode_size
+from datasets.frames import decode_size, iter_frames
 from datasets.index import DataError, read_csv
-from datasets.transforms import crop_resize, random_augment_frames, sample_box
+from datasets.transforms import pixel_box, random_augment_frames, resize_crops, sample_box
 
 
 def sample_indices(frames: int, seq: int, sample: int, rate: float) -> tuple[list[int], float, int]:
@@ -74,11 +74,19 @@ class PretrainDataset(Dataset):
         seq, sample, size = self.seq, self.sample, self.img_dim
         indices, _, _ = sample_indices(video.frames, seq, sample, self.rate)
         boxes = [sample_box(*self.ref_size, self.crop_area) for _ in range(sample + 1)]
-        frames = decode_frames(video.path, indices, decode_size(boxes, size))  # S*T x [H, W, 3] uint8
-        clips = [frames[c * seq:(c + 1) * seq] for c in range(sample)] + [frames[::sample]]
+        crops = []  # per clip, uint8 [T, h, w, 3]: each frame's crop is cut as soon as it is decoded
+        for position, frame in enumerate(iter_frames(video.path, indices, decode_size(boxes, size))):
+            if not crops:
+                cuts = [pixel_box(box, frame.shape[1], frame.shape[0]) for box in boxes]
+                crops = [torch.empty(seq, rows.stop - rows.start, columns.stop - columns.start, 3, dtype=torch.uint8)
+                         for rows, columns in cuts]
+            clip, t = divmod(position, seq)  # clips a, b, ...: consecutive runs of seq frames
+            crops[clip][t] = frame[cuts[clip]]
+            if position % sample == 0:  # clip g: every sample-th frame
+                crops[sample][position // sample] = frame[cuts[sample]]
         flips = (torch.rand(sample + 1) < self.flip_p).tolist()
-        crops = torch.cat([crop_resize(clip, box, size).flip(-1) if flip else crop_resize(clip, box, size)
-                           for clip, box, flip in zip(clips, boxes, flips)])  # [K*T, 3, S, S] uint8
+        clips = torch.cat([resize_crops(crop, size).flip(-1) if flip else resize_crops(crop, size)
+                           for crop, flip in zip(crops, flips)])  # [K*T, 3, S, S] uint8
         out = torch.empty(sample + 1, 3, seq, size, size)  # [K, 3, T, S, S]
-        random_augment_frames(crops, self.jitter, self.gray_p, out.transpose(1, 2))
+        random_augment_frames(clips, self.jitter, self.gray_p, out.transpose(1, 2))
         return out
