@@ -10,6 +10,8 @@ sensor-like noise) in a temporary folder, then prints:
   default) are printed too;
 - their ratio (the issue's target: >= 0.45 on source frames).
 Each rate is the best of ``--repeats`` runs, interleaved, to damp noise from other processes.
+With ``--loader``, also the steady rate of a real ``DataLoader`` with one worker (batches of 8),
+which adds the collation into shared memory and the hand-over to the main process.
 """
 
 import argparse
@@ -24,10 +26,11 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Subset
 
 from datasets import PretrainDataset
 from datasets.index import VideoRecord, frame_name, write_csv
-from engine.memory import loader_worker_init
+from engine.memory import loader_kwargs, loader_worker_init
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,9 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=120, help="frames per video (default 120)")
     parser.add_argument("--samples", type=int, default=30,
                         help="dataset samples per timed run (default 30)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind; best kept (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each kind; best kept (default 5)")
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality of the frames, 1-95 (default 85)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--loader", action="store_true",
+                        help="also time a DataLoader with one worker (batches of 8, after the first)")
     return parser.parse_args(argv)
 
 
@@ -84,6 +89,18 @@ def dataset_rate(dataset: PretrainDataset, samples: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def loader_rate(dataset: PretrainDataset, samples: int, batch: int = 8) -> float:
+    """Samples/s of a one-worker DataLoader over ``dataset``, after its first batch."""
+    indices = [i % len(dataset) for i in range(samples + batch)]
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch, num_workers=1, **loader_kwargs(1))
+    batches = iter(loader)
+    next(batches)  # worker start-up
+    start, seen = time.perf_counter(), 0
+    for clips in batches:
+        seen += len(clips)
+    return seen / (time.perf_counter() - start)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -98,6 +115,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             raw.append(raw_decode_rate(paths))
             per_sample.append(dataset_rate(dataset, args.samples))
+        loader = loader_rate(dataset, 4 * args.samples) if args.loader else None
     source = dataset.sample * dataset.seq
     output = (dataset.sample + 1) * dataset.seq
     best_raw, best_samples = max(raw), max(per_sample)
@@ -108,6 +126,9 @@ def main(argv=None) -> int:
           f"{best_samples * output:.0f} output frames/s)")
     print(f"ratio (source frames/s / raw decode):  {best_samples * source / best_raw:8.3f}  (target >= 0.45)")
     print(f"ratio (output frames/s / raw decode):  {best_samples * output / best_raw:8.3f}")
+    if loader is not None:
+        print(f"DataLoader, 1 worker, batch 8:         {loader * source:8.0f} source frames/s "
+              f"({loader:.1f} samples/s, ratio {loader * source / best_raw:.3f})")
     return 0
 
 

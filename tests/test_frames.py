@@ -1,10 +1,13 @@
 """datasets.frames: naming, counting, decoding each frame once, reduced-size decode, errors."""
 
+import weakref
+
+import numpy as np
 import pytest
 from PIL import Image
 
 from datasets import frames as frames_module
-from datasets.frames import FrameDecodeError, decode_size, frame_size, read_frames
+from datasets.frames import FrameDecodeError, decode_size, frame_size, iter_frames, read_frames
 from datasets.index import frame_name
 
 
@@ -66,3 +69,30 @@ def test_frames_of_different_sizes_are_an_error(tmp_path):
     Image.new("RGB", (32, 48)).save(folder / frame_name(1))
     with pytest.raises(FrameDecodeError, match="differs from the first frame"):
         read_frames(folder, [0, 1])
+
+
+def test_full_size_decode_matches_pil_and_falls_back_to_pil(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "v"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / frame_name(0), quality=90)
+    Image.new("L", (64, 48), 77).save(folder / frame_name(1), quality=90)  # grey JPEG -> RGB
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(folder / frame_name(2), format="PNG")  # not a JPEG
+    out = read_frames(folder, [0, 1, 2])  # torchvision's decoder, PIL for the PNG
+    for i in range(3):
+        with Image.open(folder / frame_name(i)) as image:
+            assert np.array_equal(out[i].numpy(), np.asarray(image.convert("RGB")))
+
+
+def test_iter_frames_keeps_a_frame_only_until_its_last_use(tmp_path):
+    folder = _folder(tmp_path / "v", [10, 60, 110])
+    frames = iter_frames(folder, [0, 0, 1, 2, 1])
+    first, again = next(frames), next(frames)
+    assert again is first  # a repeat is the same tensor, decoded once
+    rest = list(frames)
+    assert rest[0] is rest[2] and rest[1] is not rest[0]
+    assert [int(f.float().mean().round()) for f in [first, *rest]] == pytest.approx([10, 60, 110, 60], abs=2)
+    frames = iter_frames(folder, [0, 1])
+    held = weakref.ref(next(frames))
+    next(frames)
+    assert held() is None  # frame 0 was not needed again: the iterator let it go

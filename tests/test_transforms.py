@@ -1,4 +1,4 @@
-"""datasets.transforms: vectorised per-frame gray + jitter against torchvision, crops, boxes."""
+"""datasets.transforms (+ datasets.jitter): per-frame gray + jitter against torchvision, crops, boxes."""
 
 import itertools
 import math
@@ -52,6 +52,28 @@ def test_augment_frames_writes_into_a_strided_clip_layout():
     augment_frames(frames, gray, channel, factors, order, out.transpose(1, 2))
     expected = _reference(frames, gray, channel, factors, order).view(2, 3, 3, 8, 8).transpose(1, 2)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("gray_p", [0.0, 1.0])
+def test_augment_frames_all_colour_or_all_grey(gray_p):
+    torch.manual_seed(5)
+    frames = torch.randint(0, 256, (8, 3, 9, 7), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    gray, channel = torch.full((8,), gray_p == 1.0), torch.randint(0, 3, (8,))
+    factors, order = draw_jitter(8, 0.5, 0.5, 0.5, 0.5)
+    out = augment_frames(frames, gray, channel, factors, order, torch.empty(8, 3, 9, 7))
+    torch.testing.assert_close(out, _reference(frames, gray, channel, factors, order), atol=2e-5, rtol=0)
+    if gray_p:  # a grey frame stays grey: normalised channels are one plane through (x - mean) / std
+        std, mean = torch.tensor(IMAGENET_STD).view(3, 1, 1), torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        plane = out * std + mean
+        torch.testing.assert_close(plane[:, 0], plane[:, 2], atol=1e-5, rtol=0)
+
+
+def test_augment_frames_rejects_an_output_of_the_wrong_shape():
+    frames = torch.zeros(4, 3, 5, 5, dtype=torch.uint8)
+    factors, order = draw_jitter(4, 0.5, 0.5, 0.5, 0.25)
+    with pytest.raises(ValueError, match="does not hold 4 frames"):
+        augment_frames(frames, torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.long), factors, order,
+                       torch.empty(4, 3, 5, 6))
 
 
 def test_draw_jitter_ranges_and_permutations():
