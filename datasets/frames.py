@@ -73,12 +73,15 @@ def _decode_pil(path: Path, need: tuple[int, int]) -> torch.Tensor:
 
 
 def _read_file(path: Path) -> torch.Tensor:
-    """The bytes of ``path`` as a uint8 tensor (one read into a buffer of the file's size)."""
-    with open(path, "rb", buffering=0) as file:
-        data = bytearray(os.fstat(file.fileno()).st_size)
+    """The bytes of ``path`` as a uint8 tensor (read straight into a buffer of the file's size)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = bytearray(os.fstat(fd).st_size)
         view, done = memoryview(data), 0
-        while done < len(data) and (got := file.readinto(view[done:])):
+        while done < len(data) and (got := os.readv(fd, [view[done:]])):
             done += got
+    finally:
+        os.close(fd)
     return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
