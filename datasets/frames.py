@@ -74,14 +74,17 @@ def _decode_pil(path: Path, need: tuple[int, int]) -> torch.Tensor:
 
 def _read_file(path: Path) -> torch.Tensor:
     """The bytes of ``path`` as a uint8 tensor (read straight into a buffer of the file's size)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = bytearray(os.fstat(fd).st_size)
-        view, done = memoryview(data), 0
-        while done < len(data) and (got := os.readv(fd, [view[done:]])):
-            done += got
-    finally:
-        os.close(fd)
+    if hasattr(os, "readv"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = bytearray(os.fstat(fd).st_size)
+            view, done = memoryview(data), 0
+            while done < len(data) and (got := os.readv(fd, [view[done:]])):
+                done += got
+        finally:
+            os.close(fd)
+    else:  # not POSIX
+        data = bytearray(path.read_bytes())
     return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
