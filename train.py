@@ -10,8 +10,6 @@ Tiny run on generated data:       python train.py --demo
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import time
 from pathlib import Path
 

@@ -1,8 +1,8 @@
 """Clip augmentations: crop boxes, crop + resize of uint8 frames, per-frame gray and jitter.
 
-torchvision draws the crop boxes (``sample_box``) and resizes (``resize_crops``). What it lacks,
-per-frame "random gray" (one random RGB channel copied to all three) and per-frame colour
-jitter, is ``datasets.jitter``: one frame of the output equals calling torchvision's
+torchvision draws the crop boxes (``sample_box``); torch resizes (``resize_crops``). What
+torchvision lacks, per-frame "random gray" (one random RGB channel copied to all three) and
+per-frame colour jitter, is ``datasets.jitter``: one frame of the output equals calling torchvision's
 ``adjust_brightness`` / ``adjust_contrast`` / ``adjust_saturation`` / ``adjust_hue`` on that
 frame in its drawn order, then ``normalize``. Randomness comes from torch's global generator
 (seeded per sample by the training loop).
@@ -39,12 +39,12 @@ def resize_crops(crops: torch.Tensor, size: int) -> torch.Tensor:
                                            align_corners=False, antialias=True)
 
 
-def crop_resize(frames: torch.Tensor | Sequence[torch.Tensor], box: Box, size: int) -> torch.Tensor:
-    """Crop ``box`` from uint8 frames ``[T, H, W, 3]`` (a tensor, or a sequence of ``[H, W, 3]``)
-    and resize it to ``size`` x ``size``: uint8 ``[T, 3, size, size]`` (see ``resize_crops``).
-    The box is rounded to whole pixels of the given frames."""
-    rows, columns = pixel_box(box, frames[0].shape[1], frames[0].shape[0])
-    return resize_crops(torch.stack([frame[rows, columns] for frame in frames]), size)
+def crop_resize(frames: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """Crop ``box`` from uint8 frames ``[T, H, W, 3]`` and resize it to ``size`` x ``size``:
+    uint8 ``[T, 3, size, size]`` (see ``resize_crops``). The box is rounded to whole pixels of
+    the given frames."""
+    rows, columns = pixel_box(box, frames.shape[2], frames.shape[1])
+    return resize_crops(frames[:, rows, columns].contiguous(), size)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
