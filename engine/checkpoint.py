@@ -29,15 +29,40 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            # a full disk reaches us as ENOSPC or as torch's "unexpected pos" from its zip writer
+            raise CheckpointError(f"could not write checkpoint {path}: {e}. {_space_report(state, path.parent)}") from e
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _space_report(state: dict, folder: Path) -> str:
+    """How much the state needs against what the folder's disk has left, for write errors."""
+    need = 0
+
+    def walk(x) -> None:
+        nonlocal need
+        if isinstance(x, torch.Tensor):
+            need += x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(state)
+    free = shutil.disk_usage(folder).free
+    return (f"It needs about {need / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free in {folder}; "
+            f"free some space or write to another folder (--out_dir). The previous file, if any, is intact.")
 
 
 def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -30,6 +30,22 @@ def test_save_load_round_trip_leaves_no_temporary_file(tmp_path):
     assert os.listdir(tmp_path / "sub") == ["last.pth"]
 
 
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to stand in for a full disk")
+def test_full_disk_is_reported_with_the_space_needed(tmp_path, monkeypatch):
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
+    real_fdopen = os.fdopen
+
+    def fdopen_full(fd, mode="r", *a, **k):  # the temporary file, but every write hits a full disk
+        os.close(fd)
+        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode, *a, **k)
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen_full)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pth.*about 4 MiB.*MiB are free"):
+        save_checkpoint({"epoch": 2, "w": torch.zeros(1_048_576)}, tmp_path / "last.pth")
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]
+
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
 
