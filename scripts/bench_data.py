@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datasets import PretrainDataset
 from datasets.index import VideoRecord, frame_name, write_csv
-from engine.memory import loader_kwargs, loader_worker_init
+from engine.memory import keep_freed_memory, loader_kwargs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,8 +103,8 @@ def loader_rate(dataset: PretrainDataset, samples: int, batch: int = 8) -> float
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # as in a DataLoader worker
-    loader_worker_init(0)
+    torch.set_num_threads(1)  # one core, as a DataLoader worker
+    keep_freed_memory()  # as in a DataLoader worker
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         csv_file = build_frames(Path(tmp), args.videos, args.frames, args.quality, args.seed)
