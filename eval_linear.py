@@ -5,7 +5,7 @@
     python eval_linear.py ... --retrieval    # recall@1/5/10/20/50, test videos querying train videos
 
 The backbone is frozen (``eval()`` mode, no gradient); the head is L2-normalise -> BatchNorm1d ->
-Linear, trained with SGD (CoCLR's recipe). Accuracy is video-level; see ``engine/downstream.py``.
+Linear, trained with SGD (CoCLR's recipe). Accuracy is video-level; see ``evaluation/protocol.py``.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import argparse
 
 import torch
 
-from engine.downstream import (add_downstream_args, build_classifier, check_downstream_args, checkpoint_name,
-                               device, fit, split_train_val, start_run, test_and_report, video_datasets)
-from engine.features import VideoFeatures, cached_features, clip_feature_set
-from engine.results import write_json
-from engine.retrieval import format_recall_table, one_clip_per_video, recall_at_k, video_means
+from evaluation.features import VideoFeatures, cached_features, clip_feature_set
+from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args, fit,
+                                 split_train_val, start_run, test_and_report, video_datasets)
+from evaluation.report import write_json
+from evaluation.retrieval import format_recall_table, one_clip_per_video, recall_at_k, video_means
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,54 +35,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="retrieval gallery feature of a train video: mean over all its clips, or one random "
                             "clip as CoCLR (default: video)")
     args = parser.parse_args(argv)
-    check_downstream_args(parser, args)
+    check_downstream_args(parser, Protocol.from_flags(vars(args)))
     if args.features and args.retrieval:
         parser.error("--retrieval always uses cached features; drop --features")
     return args
 
 
-def retrieval(args: argparse.Namespace, features: dict, tracker) -> dict:
+def retrieval(cfg: Protocol, features: dict, tracker, gallery_kind: str) -> dict:
     """Test videos query train videos; write results.json; return the recalls."""
     train, test = features["train"], features["test"]
-    if args.gallery == "video":
+    if gallery_kind == "video":
         gallery = video_means(train["feats"], train["counts"])  # [G,C]
     else:
-        gallery = one_clip_per_video(train["feats"], train["counts"], torch.Generator().manual_seed(args.seed))
+        gallery = one_clip_per_video(train["feats"], train["counts"], torch.Generator().manual_seed(cfg.seed))
     recalls = recall_at_k(video_means(test["feats"], test["counts"]), test["labels"], gallery, train["labels"])
     tracker.print(f"retrieval of {len(test['labels'])} test videos among {len(train['labels'])} train videos "
                   f"(recall, %):\n{format_recall_table(recalls)}")
-    write_json({**recalls, "gallery": args.gallery, "test_videos": len(test["labels"]),
-                "train_videos": len(train["labels"]), "checkpoint": checkpoint_name(args), "args": vars(args)},
-               f"{args.out_dir}/results.json")
+    write_json({**recalls, "gallery": gallery_kind, "test_videos": len(test["labels"]),
+                "train_videos": len(train["labels"]), "checkpoint": cfg.checkpoint_name, "args": dict(cfg.flags)},
+               f"{cfg.out_dir}/results.json")
     return recalls
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    tracker, state = start_run(args)
-    dev = device()
-    model = build_classifier(args, head="bn_linear", tracker=tracker)
+    cfg = Protocol.from_flags(vars(args))
+    tracker, state, dev = start_run(cfg)
+    model = build_classifier(cfg, head="bn_linear", tracker=tracker)
     model.backbone.requires_grad_(False)
     if args.retrieval:
-        results = retrieval(args, cached_features(model, args, dev, tracker), tracker)
+        results = retrieval(cfg, cached_features(model, cfg, dev, tracker), tracker, args.gallery)
         tracker.close()
         return results
 
     if args.features:  # the head alone, on cached features of the deterministic test clips
-        features = cached_features(model, args, dev, tracker)
-        train_idx, val_idx = split_train_val(len(features["train"]["labels"]), args.val_fraction, args.seed)
+        features = cached_features(model, cfg, dev, tracker)
+        train_idx, val_idx = split_train_val(len(features["train"]["labels"]), cfg.val_fraction, cfg.seed)
         net, frozen = model.head, None
         train_set = clip_feature_set(features["train"], train_idx)
         val_set = VideoFeatures(features["train"], val_idx) if val_idx else None
         test_set = VideoFeatures(features["test"])
     else:
         net, frozen = model, model.backbone
-        train_set, val_set, test_set = video_datasets(args)
+        train_set, val_set, test_set = video_datasets(cfg)
 
-    optimizer = torch.optim.SGD(model.head.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.schedule, gamma=0.1)
-    chosen = fit(args, net, train_set, val_set, optimizer, scheduler, tracker, state, dev, frozen=frozen)
-    results = test_and_report(args, net, test_set, dev, tracker, {"protocol": "linear probe", **chosen})
+    optimizer = torch.optim.SGD(model.head.parameters(), lr=cfg.lr, momentum=args.momentum, weight_decay=cfg.wd)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.schedule), gamma=0.1)
+    chosen = fit(cfg, net, train_set, val_set, optimizer, scheduler, tracker, state, dev, frozen=frozen)
+    results = test_and_report(cfg, net, test_set, dev, tracker, {"protocol": "linear probe", **chosen})
     tracker.close()
     return results
 

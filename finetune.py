@@ -3,7 +3,7 @@
     python finetune.py --pretrained runs/mfo/last.pth --train_csv ucf_train.csv --test_csv ucf_test.csv
 
 The whole network is trained with Adam; the head is Dropout(0.9) -> Linear and the backbone's
-learning rate is a tenth of the head's. Accuracy is video-level; see ``engine/downstream.py``.
+learning rate is a tenth of the head's. Accuracy is video-level; see ``evaluation/protocol.py``.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from engine.downstream import (add_downstream_args, build_classifier, check_downstream_args, device, fit, start_run,
-                               test_and_report, video_datasets)
+from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args, fit,
+                                 start_run, test_and_report, video_datasets)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tune.add_argument("--backbone_lr_scale", type=float, default=0.1,
                       help="backbone learning rate as a fraction of --lr (default: 0.1)")
     args = parser.parse_args(argv)
-    check_downstream_args(parser, args)
+    check_downstream_args(parser, Protocol.from_flags(vars(args)))
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     return args
@@ -32,17 +32,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    tracker, state = start_run(args)
-    dev = device()
-    model = build_classifier(args, head="linear", tracker=tracker, dropout=args.dropout)
-    train_set, val_set, test_set = video_datasets(args)
+    cfg = Protocol.from_flags(vars(args))
+    tracker, state, dev = start_run(cfg)
+    model = build_classifier(cfg, head="linear", tracker=tracker, dropout=args.dropout)
+    train_set, val_set, test_set = video_datasets(cfg)
     optimizer = torch.optim.Adam([
-        {"params": model.backbone.parameters(), "lr": args.lr * args.backbone_lr_scale},
-        {"params": model.head.parameters(), "lr": args.lr},
-    ], weight_decay=args.wd)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.schedule, gamma=0.1)
-    chosen = fit(args, model, train_set, val_set, optimizer, scheduler, tracker, state, dev)
-    results = test_and_report(args, model, test_set, dev, tracker, {"protocol": "fine-tuning", **chosen})
+        {"params": model.backbone.parameters(), "lr": cfg.lr * args.backbone_lr_scale},
+        {"params": model.head.parameters(), "lr": cfg.lr},
+    ], weight_decay=cfg.wd)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.schedule), gamma=0.1)
+    chosen = fit(cfg, model, train_set, val_set, optimizer, scheduler, tracker, state, dev)
+    results = test_and_report(cfg, model, test_set, dev, tracker, {"protocol": "fine-tuning", **chosen})
     tracker.close()
     return results
 

@@ -18,10 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datasets import DataError, FrameDecodeError, PretrainDataset
+from datasets.demo import make_demo_data
+from datasets.loader import loader_kwargs
 from engine import distributed
 from engine.checkpoint import (CheckpointError, git_commit, link_checkpoint, load_checkpoint, resolve_resume,
                                rng_state, save_checkpoint, set_rng_state, unwrap)
-from engine.memory import loader_kwargs
 from engine.sampling import ResumableSampler, SeededSamples
 from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args
 from losses import PrototypeBank, mfo_objective
@@ -121,6 +122,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Prototy
 
     Prototype rows are L2-normalised before the forward pass (so logits are cosines) and hence
     before every optimiser step; with ``freeze_prototypes`` (epoch 0) their gradient is dropped.
+    The global batch's logits are pushed into ``bank`` before the loss reads it.
     A non-finite loss raises before anything is updated.
     """
     core = unwrap(model)
@@ -128,7 +130,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Prototy
     with torch.autocast(clips.device.type, dtype=torch.bfloat16, enabled=amp):
         out = model(clips, with_graph=use_graph)
     out = {k: v.float() for k, v in out.items()}
-    loss, terms = mfo_objective(out, bank, use_graph=use_graph, use_queue=use_queue, thres=thres)
+    bank.push_local(out["logits"])  # the global batch's logits, without gradient
+    loss, terms = mfo_objective(out, bank.read(use_queue), use_graph=use_graph, thres=thres)
     check_finite(loss, terms, step)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -171,7 +174,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     state = load_checkpoint(resume, map_location=ctx.device) if resume is not None else None
     # purge_step drops TensorBoard events logged after the checkpoint by an interrupted run
     tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=state["global_step"] + 1 if state else None)
-    tracker.print(format_args(args, git_commit()))
+    tracker.print(format_args(vars(args), git_commit()))
     amp = args.amp and ctx.device.type == "cuda"
     if args.amp and not amp:
         tracker.print("warning: --amp needs CUDA; running in float32 on CPU")
@@ -267,12 +270,13 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
 def main(argv=None) -> list[dict] | None:
     args = parse_args(argv)
     if args.demo and args.csv_file == str(DEMO_DATA / "pretrain.csv"):
-        from scripts.make_demo_data import make_demo_data
         make_demo_data(DEMO_DATA)
     if not Path(args.csv_file).is_file():
         raise SystemExit(f"--csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
     try:
-        return distributed.launch(main_worker, args)
+        how = distributed.Launch(spawn=args.multiprocessing_distributed, nproc=args.nproc, nodes=args.world_size,
+                                 node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend)
+        return distributed.launch(main_worker, args, how)
     except (NonFiniteLossError, CheckpointError, DataError, FrameDecodeError) as e:
         raise SystemExit(f"error: {e}") from e
     except torch.multiprocessing.ProcessRaisedException as e:  # a spawned worker failed: its traceback says why

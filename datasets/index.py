@@ -10,9 +10,10 @@ CSV file, so a dataset folder holding its CSVs can be moved as a whole.
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
+
+from engine.files import atomic_write
 
 
 class DataError(ValueError):
@@ -108,18 +109,11 @@ def write_csv(csv_file, records: Iterable[VideoRecord], relative_to: Optional[Pa
     With ``relative_to`` (normally the CSV's folder) paths are written relative to it.
     """
     csv_file = Path(csv_file)
-    csv_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=csv_file.parent, prefix=f".{csv_file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            for record in records:
-                path = Path(os.path.relpath(record.path, relative_to)) if relative_to else record.path
-                row = [path.as_posix(), record.frames]
-                if record.label is not None:
-                    row.append(record.label)
-                writer.writerow(row)
-        os.replace(tmp, csv_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(csv_file, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        for record in records:
+            path = Path(os.path.relpath(record.path, relative_to)) if relative_to else record.path
+            row = [path.as_posix(), record.frames]
+            if record.label is not None:
+                row.append(record.label)
+            writer.writerow(row)

@@ -11,12 +11,14 @@ import os
 import random
 import shutil
 import subprocess
-import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from engine.files import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -26,21 +28,14 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-        except (OSError, RuntimeError) as e:
-            # a full disk reaches us as ENOSPC or as torch's "unexpected pos" from its zip writer
-            raise CheckpointError(f"could not write checkpoint {path}: {e}. {_space_report(state, path.parent)}") from e
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        # a full disk reaches us as ENOSPC or as torch's "unexpected pos" from its zip writer
+        raise CheckpointError(f"could not write checkpoint {path}: {e}. {_space_report(state, path.parent)}") from e
     return path
 
 
@@ -60,8 +55,11 @@ def _space_report(state: dict, folder: Path) -> str:
                 walk(v)
 
     walk(state)
-    free = shutil.disk_usage(folder).free
-    return (f"It needs about {need / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free in {folder}; "
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB are free in {folder}"
+    except OSError:  # the folder could not be made
+        free = f"{folder} is not writable"
+    return (f"It needs about {need / 2**20:.0f} MiB and {free}; "
             f"free some space or write to another folder (--out_dir). The previous file, if any, is intact.")
 
 
@@ -153,3 +151,50 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def load_backbone(backbone: nn.Module, checkpoint_path: str | os.PathLike, prefix: str = "backbone.") -> dict:
+    """Load the ``prefix``-ed weights of a checkpoint into ``backbone`` strictly; report what was used.
+
+    Accepts a ``train.py`` checkpoint (the model under ``'model'``, backbone keys ``backbone.*``),
+    any bare state dict with ``backbone.*`` keys (e.g. a saved ``VideoClassifier``), or the state
+    dict of a bare backbone; a leading DDP ``module.`` is stripped. Every other key (the MFO heads,
+    a classifier head) is ignored and reported. Raises ``CheckpointError`` naming the missing and
+    unexpected keys if the backbone does not load completely.
+
+    Returns ``{'path', 'loaded': [keys], 'ignored': [keys], 'summary': str}``.
+    """
+    ckpt = load_checkpoint(checkpoint_path)
+    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith(prefix) for k in state):
+        loaded = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        ignored = sorted(k for k in state if not k.startswith(prefix))
+    else:
+        loaded, ignored = state, []
+
+    expected = set(backbone.state_dict())
+    missing = sorted(expected - set(loaded))
+    unexpected = sorted(set(loaded) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint_path}: the backbone does not load fully: {len(missing)} missing key(s) "
+            f"{_preview(missing)}, {len(unexpected)} unexpected key(s) {_preview(unexpected)}. "
+            "Is --arch the backbone the checkpoint was trained with?"
+        )
+    try:
+        backbone.load_state_dict(loaded, strict=True)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{checkpoint_path}: cannot load the backbone: {e}") from e
+
+    groups = Counter(k.split(".")[0] for k in ignored)
+    summary = f"loaded {len(loaded)} backbone tensors from {checkpoint_path}"
+    if ignored:
+        summary += "; ignored " + ", ".join(f"{name} ({n})" for name, n in sorted(groups.items()))
+    return {"path": str(checkpoint_path), "loaded": sorted(loaded), "ignored": ignored, "summary": summary}
+
+
+def _preview(keys: list[str], n: int = 8) -> str:
+    """The first ``n`` keys, then how many more."""
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return "[" + ", ".join(keys[:n]) + more + "]"

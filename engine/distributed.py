@@ -135,40 +135,58 @@ def _backend(requested: str) -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _spawned(local_rank: int, nprocs: int, worker: Callable, args, url: str) -> None:
-    rank = args.rank * nprocs + local_rank
-    world_size = args.world_size * nprocs
-    dist.init_process_group(_backend(args.dist_backend), init_method=url, world_size=world_size, rank=rank)
+@dataclass(frozen=True)
+class Launch:
+    """How a run starts its processes (the ``distributed`` flags of an entry point).
+
+    ``spawn``: one worker per GPU, or ``nproc`` CPU workers, on this machine (of ``nodes`` machines,
+    this one being ``node_rank``); ``dist_url`` 'auto' picks a free port on 127.0.0.1 (one machine);
+    ``backend`` 'auto' is NCCL with CUDA, else gloo.
+    """
+
+    spawn: bool = False
+    nproc: int = 1
+    nodes: int = 1
+    node_rank: int = 0
+    dist_url: str = "auto"
+    backend: str = "auto"
+
+
+def _spawned(local_rank: int, nprocs: int, worker: Callable, payload, how: Launch, url: str) -> None:
+    rank = how.node_rank * nprocs + local_rank
+    world_size = how.nodes * nprocs
+    dist.init_process_group(_backend(how.backend), init_method=url, world_size=world_size, rank=rank)
     try:
-        worker(Context(rank, world_size, local_rank, _device(local_rank)), args)
+        worker(Context(rank, world_size, local_rank, _device(local_rank)), payload)
     finally:
         dist.destroy_process_group()
 
 
-def launch(worker: Callable, args):
-    """Run ``worker(ctx, args)`` in every process this run needs; returns its result in a single process.
+def launch(worker: Callable, payload, how: Launch = Launch()):
+    """Run ``worker(ctx, payload)`` in every process this run needs; returns its result in a single process.
 
-    ``args`` needs ``multiprocessing_distributed``, ``nproc``, ``world_size`` (machines), ``rank``
-    (this machine), ``dist_url`` ('auto' = a free port on 127.0.0.1) and ``dist_backend``.
+    Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) the process group comes from the environment;
+    with ``how.spawn`` the workers are spawned here; otherwise one plain process runs the worker.
+    ``payload`` (picklable: it travels to spawned workers) is passed through untouched.
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        dist.init_process_group(_backend(args.dist_backend), init_method="env://")
+        dist.init_process_group(_backend(how.backend), init_method="env://")
         try:
-            return worker(Context(dist.get_rank(), dist.get_world_size(), local_rank, _device(local_rank)), args)
+            return worker(Context(dist.get_rank(), dist.get_world_size(), local_rank, _device(local_rank)), payload)
         finally:
             dist.destroy_process_group()
-    if args.multiprocessing_distributed:
-        nprocs = torch.cuda.device_count() or args.nproc
-        if args.dist_url == "auto":
-            if args.world_size > 1:
+    if how.spawn:
+        nprocs = torch.cuda.device_count() or how.nproc
+        if how.dist_url == "auto":
+            if how.nodes > 1:
                 raise SystemExit("--world-size > 1 needs --dist-url tcp://HOST:PORT of the first machine")
             url = f"tcp://127.0.0.1:{find_free_port()}"
         else:
-            url = args.dist_url
-        mp.spawn(_spawned, args=(nprocs, worker, args, url), nprocs=nprocs, join=True)
+            url = how.dist_url
+        mp.spawn(_spawned, args=(nprocs, worker, payload, how, url), nprocs=nprocs, join=True)
         return None
-    return worker(Context(0, 1, 0, _device(0)), args)
+    return worker(Context(0, 1, 0, _device(0)), payload)
 
 
 def seed_worker_process(seed: int) -> None:

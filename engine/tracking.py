@@ -5,12 +5,12 @@ never branch on the rank themselves.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from tqdm import tqdm
@@ -20,10 +20,9 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training loss becomes NaN or infinite."""
 
 
-def format_args(args: argparse.Namespace | dict, commit: str | None = None) -> str:
-    """The sorted arguments, one per line, and the git commit when known."""
-    items = vars(args) if isinstance(args, argparse.Namespace) else args
-    lines = [f"  {k}: {items[k]!r}" for k in sorted(items)]
+def format_args(flags: Mapping, commit: str | None = None) -> str:
+    """The sorted flag values (``vars(args)``), one per line, and the git commit when known."""
+    lines = [f"  {k}: {flags[k]!r}" for k in sorted(flags)]
     head = f"git commit: {commit or 'unknown'}\narguments:"
     return "\n".join([head, *lines])
 
@@ -39,13 +38,17 @@ def check_finite(loss: torch.Tensor, terms: dict, step: int) -> None:
 
 
 class Tracker:
-    """TensorBoard scalars by global step plus ``log.jsonl``, written by the main process only."""
+    """TensorBoard scalars by global step plus ``log.jsonl``, written by the main process only.
 
-    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True, purge_step: int | None = None):
+    With ``tensorboard=False`` it only prints and shows progress bars (for tools that log nothing).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, enabled: bool = True, purge_step: int | None = None,
+                 tensorboard: bool = True):
         self.enabled = enabled
         self.out_dir = Path(out_dir)
         self.writer = None
-        if enabled:
+        if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow, and unused on other ranks
             self.out_dir.mkdir(parents=True, exist_ok=True)
             # purge_step drops events a crashed run logged past the step it resumes from

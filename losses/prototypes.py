@@ -3,7 +3,7 @@
 import torch
 import torch.nn as nn
 
-from engine.distributed import all_gather_with_grad
+from engine.distributed import all_gather_no_grad, all_gather_with_grad
 
 from ._checks import check_shape
 
@@ -82,6 +82,13 @@ class PrototypeBank(nn.Module):
         new = global_logits.detach().to(self.queue)  # [Bg, 2, K]
         self.queue.copy_(torch.cat([self.queue[batch:], new]))  # [size, 2, K]
         self.last = batch
+
+    def push_local(self, logits: torch.Tensor) -> None:
+        """Gather every worker's ``logits`` [B, 2, K] (no gradient) and :meth:`push` the global batch.
+
+        A collective under ``torch.distributed``: every rank calls it, so every rank's bank stays equal.
+        """
+        self.push(all_gather_no_grad(logits.detach()))  # [Bg, 2, K]
 
     def read(self, use_queue: bool) -> torch.Tensor:
         """The whole queue [size, 2, K], or only the rows of the latest push [B_global, 2, K]."""

@@ -2,29 +2,27 @@
 
 import torch
 
-from engine.distributed import all_gather_no_grad
-
 from .alignment import temporal_alignment
 from .contrast import instance_contrast, motion_contrast
 from .graph import graph_constraint, infer_graph
-from .prototypes import PrototypeBank, prototype_swap
+from .prototypes import prototype_swap
 
 LEVELS = ("high", "mid", "low")
 KEYS = ("high", "high_t", "mid", "mid_t", "low", "low_t", "logits")
 GRAPH_KEYS = ("high_g", "mid_g", "low_g")
 
 
-def mfo_objective(out: dict[str, torch.Tensor], bank: PrototypeBank, *, use_graph: bool, use_queue: bool,
-                  thres: float = 0.05, tau: float = 0.07, proto_tau: float = 0.1, eps: float = 0.05,
+def mfo_objective(out: dict[str, torch.Tensor], bank: torch.Tensor, *, use_graph: bool, thres: float = 0.05, tau: float = 0.07, proto_tau: float = 0.1, eps: float = 0.05,
                   n_iters: int = 3, level_weights: tuple[float, float, float] = (1.0, 0.5, 0.3),
                   proto_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss of one step and every term for logging.
 
     out: model outputs on the local batch (B videos): high [B,3,C], high_t [B,3,C,2],
     mid/low [2B,3,C] (rows B..2B-1 time-reversed), mid_t [B,3,C,4], low_t [B,3,C,8],
-    logits [B,2,K], high_g/mid_g/low_g [B,3,C]. The global batch's logits are gathered
-    without gradient and pushed to ``bank`` first; the bank is then read whole
-    (``use_queue``, from epoch 10) or as this batch only.
+    logits [B,2,K], high_g/mid_g/low_g [B,3,C]. ``bank`` [N,2,K]: the prototype logits Sinkhorn
+    runs over, whose last B_global rows are this global batch's (``PrototypeBank.read`` after the
+    caller pushed the batch: the whole queue from epoch 10, or the batch alone). Pure: nothing is
+    modified.
 
     L = w_h (L_inst(high) + L_align(high_t)) + Σ_{l=mid,low} w_l (L_motion(l) + L_align(l_t))
         + [Σ_l w_l L_graph(l_g) if use_graph] + proto_weight · L_proto,
@@ -43,7 +41,6 @@ def mfo_objective(out: dict[str, torch.Tensor], bank: PrototypeBank, *, use_grap
         if out[name].shape[0] != 2 * batch:
             raise ValueError(f"out['{name}'] must have shape [2B, 3, C] with B = {batch} "
                              f"(forward rows, then reversed rows), got {list(out[name].shape)}")
-    bank.push(all_gather_no_grad(out["logits"]))  # [Bg, 2, K]
     weights = dict(zip(LEVELS, level_weights))
     terms = {}
 
@@ -60,7 +57,7 @@ def mfo_objective(out: dict[str, torch.Tensor], bank: PrototypeBank, *, use_grap
         terms.update({f"motion_{level}": motion, f"motion_{level}_acc": acc})
         total = total + weights[level] * motion
 
-    proto, q_a, q_b = prototype_swap(out["logits"], bank.read(use_queue), proto_tau, eps, n_iters)
+    proto, q_a, q_b = prototype_swap(out["logits"], bank, proto_tau, eps, n_iters)
     terms["proto"] = proto
     total = total + proto_weight * proto
     labels = (q_a + q_b).argmax(1)  # [Bg] semantic label of each video

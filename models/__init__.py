@@ -1,6 +1,6 @@
 """Backbones, the multi-level MFO model and the downstream classifier."""
 from models.backbones import BACKBONES, build_backbone
-from models.classifier import VideoClassifier, load_backbone
+from models.classifier import VideoClassifier
 from models.mfo import MFOModel
 from models.temporal import MotionExcitation, pool_time, stack_reversed
 
@@ -10,7 +10,6 @@ __all__ = [
     "MotionExcitation",
     "VideoClassifier",
     "build_backbone",
-    "load_backbone",
     "pool_time",
     "stack_reversed",
 ]

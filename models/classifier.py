@@ -1,17 +1,13 @@
-"""Downstream classifier (backbone -> pooled ``high`` -> head) and loading pretrained backbones.
+"""Downstream classifier: backbone -> pooled ``high`` -> head.
 
 Used by the linear probe and fine-tuning (as in CoCLR), retrieval (``features``) and the temporal
 CAM (``feature_map``).
 """
 from __future__ import annotations
 
-import os
-from collections import Counter
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.checkpoint import CheckpointError, load_checkpoint
 from models.backbones import build_backbone
 
 HEADS = ("linear", "bn_linear")
@@ -65,50 +61,3 @@ class VideoClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``[N, num_classes]`` of clips ``x [N,3,T,H,W]``."""
         return self.head(self.features(x))
-
-
-def load_backbone(backbone: nn.Module, checkpoint_path: str | os.PathLike) -> dict:
-    """Load pretrained backbone weights into ``backbone`` strictly and report what was used.
-
-    Accepts a ``train.py`` checkpoint (the model under ``'model'``, backbone keys ``backbone.*``),
-    any bare state dict with ``backbone.*`` keys (e.g. a saved ``VideoClassifier``), or the state
-    dict of a bare backbone; a leading DDP ``module.`` is stripped. Every other key (the MFO heads,
-    a classifier head) is ignored and reported. Raises ``CheckpointError`` naming the missing and
-    unexpected keys if the backbone does not load completely.
-
-    Returns ``{'path', 'loaded': [keys], 'ignored': [keys], 'summary': str}``.
-    """
-    ckpt = load_checkpoint(checkpoint_path)
-    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith("backbone.") for k in state):
-        loaded = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        ignored = sorted(k for k in state if not k.startswith("backbone."))
-    else:
-        loaded, ignored = state, []
-
-    expected = set(backbone.state_dict())
-    missing = sorted(expected - set(loaded))
-    unexpected = sorted(set(loaded) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{checkpoint_path}: the backbone does not load fully: {len(missing)} missing key(s) "
-            f"{_preview(missing)}, {len(unexpected)} unexpected key(s) {_preview(unexpected)}. "
-            "Is --arch the backbone the checkpoint was trained with?"
-        )
-    try:
-        backbone.load_state_dict(loaded, strict=True)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{checkpoint_path}: cannot load the backbone: {e}") from e
-
-    groups = Counter(k.split(".")[0] for k in ignored)
-    summary = f"loaded {len(loaded)} backbone tensors from {checkpoint_path}"
-    if ignored:
-        summary += "; ignored " + ", ".join(f"{name} ({n})" for name, n in sorted(groups.items()))
-    return {"path": str(checkpoint_path), "loaded": sorted(loaded), "ignored": ignored, "summary": summary}
-
-
-def _preview(keys: list[str], n: int = 8) -> str:
-    """The first ``n`` keys, then how many more."""
-    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
-    return "[" + ", ".join(keys[:n]) + more + "]"

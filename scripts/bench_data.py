@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datasets import PretrainDataset
 from datasets.index import VideoRecord, frame_name, write_csv
-from engine.memory import keep_freed_memory, loader_kwargs
+from datasets.loader import keep_freed_memory, loader_kwargs
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError
-from models import MFOModel, VideoClassifier, load_backbone
+from engine.checkpoint import CheckpointError, load_backbone
+from models import MFOModel, VideoClassifier
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import eval_linear
 from datasets import DataError, read_csv
 from engine.checkpoint import CheckpointError, save_checkpoint
 from models import MFOModel
-from scripts.make_demo_data import make_demo_data
+from datasets.demo import make_demo_data
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,13 @@
 """Feature extraction and its cache key; per-video and per-clip feature datasets."""
-import argparse
+from dataclasses import replace
+
 
 import torch
 from torch import nn
 
 from engine.checkpoint import save_checkpoint
-from engine.downstream import video_loader
-from engine.features import VideoFeatures, cache_description, cache_path, clip_feature_set, extract_features
+from evaluation.protocol import Protocol, video_loader
+from evaluation.features import VideoFeatures, cache_description, cache_path, clip_feature_set, extract_features
 
 
 class SumFeatures(nn.Module):
@@ -20,7 +21,7 @@ class SumFeatures(nn.Module):
 def test_extract_features_keeps_clip_order_and_counts():
     gen = torch.Generator().manual_seed(0)
     videos = [(torch.rand(n, 3, 2, 4, 4, generator=gen), y) for n, y in ((3, 1), (1, 0), (2, 4))]
-    out = extract_features(SumFeatures(), video_loader(videos, argparse.Namespace(workers=0)), torch.device("cpu"),
+    out = extract_features(SumFeatures(), video_loader(videos, workers=0), torch.device("cpu"),
                            chunk=2)
     assert out["counts"].tolist() == [3, 1, 2] and out["labels"].tolist() == [1, 0, 4]
     expected = torch.tensor([[c.sum().item(), c.max().item()] for clips, _ in videos for c in clips])
@@ -50,8 +51,8 @@ def test_cache_key_follows_checkpoint_data_and_settings(tmp_path):
     test_csv.write_text("b,10,1\n")
     ckpt = tmp_path / "ckpt.pth"
     save_checkpoint({"model": {"w": torch.zeros(2)}}, ckpt)
-    args = argparse.Namespace(pretrained=str(ckpt), seed=0, arch="r3d18", seq=8, img_dim=32, test_views="center",
-                              train_csv=str(train_csv), test_csv=str(test_csv), out_dir=str(tmp_path))
+    args = Protocol(pretrained=str(ckpt), seed=0, arch="r3d18", seq=8, img_dim=32, test_views="center",
+                    train_csv=str(train_csv), test_csv=str(test_csv), out_dir=str(tmp_path))
     first = cache_path(tmp_path, cache_description(args))
     assert first == cache_path(tmp_path, cache_description(args)) and first.parent == tmp_path
 
@@ -64,9 +65,9 @@ def test_cache_key_follows_checkpoint_data_and_settings(tmp_path):
     assert cache_path(tmp_path, cache_description(args)) != first
     test_csv.write_text("b,10,1\n")
     for name, value in (("seq", 16), ("test_views", "ten"), ("arch", "s3d")):
-        changed = argparse.Namespace(**{**vars(args), name: value})
+        changed = replace(args, **{name: value})
         assert cache_path(tmp_path, cache_description(changed)) != first, name
-    random_init = argparse.Namespace(**{**vars(args), "pretrained": ""})
-    other_seed = argparse.Namespace(**{**vars(args), "pretrained": "", "seed": 1})
+    random_init = replace(args, pretrained="")
+    other_seed = replace(args, pretrained="", seed=1)
     assert cache_description(random_init)["weights"] == "random_init:seed=0"
     assert cache_path(tmp_path, cache_description(random_init)) != cache_path(tmp_path, cache_description(other_seed))

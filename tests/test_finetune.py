@@ -1,6 +1,6 @@
 """finetune.py end to end on the demo data: whole network trained, lr groups, validation, resume.
 
-Exact resume itself is checked on a toy problem in test_downstream.py (same ``fit``)."""
+Exact resume itself is checked on a toy problem in test_protocol.py (same ``fit``)."""
 import json
 
 import pytest
@@ -10,7 +10,7 @@ import finetune
 from datasets import read_csv
 from datasets.index import write_csv
 from models import VideoClassifier
-from scripts.make_demo_data import make_demo_data
+from datasets.demo import make_demo_data
 
 
 @pytest.fixture(scope="module")

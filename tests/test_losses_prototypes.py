@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from engine.distributed import all_gather_no_grad
 from losses import PrototypeBank, prototype_swap, sinkhorn
 from tests.two_workers import ddp_and_one_process, seeded_batch_and_layer
 
@@ -143,7 +142,7 @@ def _loss_and_grads(model, layer, x):
     """Push the gathered logits to a fresh bank, then the swap loss over the whole bank."""
     bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(6))
     logits = model(x).view(-1, 2, K)  # [B, 2, K]
-    bank.push(all_gather_no_grad(logits))
+    bank.push_local(logits)  # gathers every worker's logits without gradient
     loss, q_a, q_b = prototype_swap(logits, bank.read(use_queue=True), tau=0.1)
     loss.backward()
     return loss.detach(), q_a, q_b, bank.queue, layer.weight.grad, layer.bias.grad

@@ -1,4 +1,4 @@
-"""Tests of losses.total: wiring and weights of the MFO objective, the bank push, 2 workers."""
+"""Tests of losses.total: wiring and weights of the MFO objective (pure), the bank push, 2 workers."""
 
 import pytest
 import torch
@@ -40,8 +40,10 @@ def test_total_is_the_weighted_sum_of_the_terms():
     out = _random_out(4, 0)
     bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(1))
     before = bank.queue.clone()
-    loss, terms = mfo_objective(out, bank, use_graph=True, use_queue=True)
-    assert torch.equal(bank.queue, torch.cat([before[4:], out["logits"].detach()]))  # pushed first
+    bank.push_local(out["logits"])
+    assert torch.equal(bank.queue, torch.cat([before[4:], out["logits"].detach()]))
+    loss, terms = mfo_objective(out, bank.read(use_queue=True), use_graph=True)
+    assert torch.equal(bank.queue, torch.cat([before[4:], out["logits"].detach()]))  # the loss leaves it alone
     # every term again from the public functions, with the slicing and the weights of DESIGN §3
     inst, inst_acc, sim = instance_contrast(out["high"][:, :2])
     align = {lvl: temporal_alignment(out[f"{lvl}_t"]) for lvl in ("high", "mid", "low")}
@@ -66,7 +68,8 @@ def test_total_is_the_weighted_sum_of_the_terms():
 def test_switches_graph_and_queue():
     out = _random_out(4, 2)
     bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(3))
-    loss, terms = mfo_objective(out, bank, use_graph=False, use_queue=False)
+    bank.push_local(out["logits"])
+    loss, terms = mfo_objective(out, bank.read(use_queue=False), use_graph=False)
     assert not any(name.startswith("graph") for name in terms)
     assert set(terms) >= {"inst", "inst_acc", "align_high", "align_high_acc", "motion_mid", "motion_mid_acc",
                           "align_low", "motion_low", "proto", "n_clusters"}
@@ -82,7 +85,9 @@ def test_gradient_reaches_every_output():
     out = {key: torch.randn(4, *shape, generator=gen) for key, shape in SHAPES.items()}
     out["mid"], out["low"] = out["mid"].flatten(0, 1), out["low"].flatten(0, 1)  # [2B, 3, C]
     out = {key: value.requires_grad_() for key, value in out.items()}
-    loss, _ = mfo_objective(out, PrototypeBank(size=BANK, cluster=K), use_graph=True, use_queue=True)
+    bank = PrototypeBank(size=BANK, cluster=K)
+    bank.push_local(out["logits"])
+    loss, _ = mfo_objective(out, bank.read(use_queue=True), use_graph=True)
     loss.backward()
     assert all(out[key].grad.abs().sum() > 0 for key in out)
     assert out["high"].grad[:, 2].abs().sum() == 0  # contrast terms use clips a, b only
@@ -90,11 +95,11 @@ def test_gradient_reaches_every_output():
 
 def test_bad_outputs_raise():
     out = _random_out(4, 5)
-    bank = PrototypeBank(size=BANK, cluster=K)
+    bank = PrototypeBank(size=BANK, cluster=K).queue
     with pytest.raises(ValueError, match=r"lacks \['low_g'\]"):
-        mfo_objective({k: v for k, v in out.items() if k != "low_g"}, bank, use_graph=True, use_queue=True)
+        mfo_objective({k: v for k, v in out.items() if k != "low_g"}, bank, use_graph=True)
     with pytest.raises(ValueError, match=r"out\['mid'\] must have shape \[2B, 3, C\] with B = 4"):
-        mfo_objective({**out, "mid": out["mid"][:4]}, bank, use_graph=True, use_queue=True)
+        mfo_objective({**out, "mid": out["mid"][:4]}, bank, use_graph=True)
 
 
 def _steps(model, heads, x):
@@ -103,7 +108,9 @@ def _steps(model, heads, x):
     res = []
     for use_graph, use_queue, shift in ((False, False, 0.0), (True, True, 0.5)):
         heads.zero_grad()
-        loss, terms = mfo_objective(model(x + shift), bank, use_graph=use_graph, use_queue=use_queue)
+        out = model(x + shift)
+        bank.push_local(out["logits"])
+        loss, terms = mfo_objective(out, bank.read(use_queue), use_graph=use_graph)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in heads.parameters() if p.grad is not None])
         res.append((loss.detach(), terms, grads, bank.queue.clone()))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine.retrieval import (centre_normalise, format_recall_table, one_clip_per_video, rank_gallery, recall_at_k,
+from evaluation.retrieval import (centre_normalise, format_recall_table, one_clip_per_video, rank_gallery, recall_at_k,
                               video_means)
 
 

@@ -13,8 +13,9 @@ from PIL import Image
 from datasets import ClipDataset, read_csv
 from datasets.index import write_csv
 from engine.checkpoint import CheckpointError, save_checkpoint
-from models import MFOModel, build_backbone, load_backbone
-from scripts.make_demo_data import make_demo_data
+from engine.checkpoint import load_backbone
+from models import MFOModel, build_backbone
+from datasets.demo import make_demo_data
 from visualization.cam import order_head, pooled_logits, to_rgb
 from visualization.temporal_cam import main, parse_args, run
 

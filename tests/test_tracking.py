@@ -1,5 +1,4 @@
 """Tests of engine.tracking: argument print-out, non-finite stop message, JSON lines and TensorBoard scalars."""
-import argparse
 import json
 
 import pytest
@@ -10,7 +9,7 @@ from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_ar
 
 
 def test_format_args_is_sorted_and_names_the_commit():
-    text = format_args(argparse.Namespace(zeta=1, alpha="a"), commit="abc123")
+    text = format_args({"zeta": 1, "alpha": "a"}, commit="abc123")
     lines = text.splitlines()
     assert lines[0] == "git commit: abc123" and lines[2] == "  alpha: 'a'" and lines[3] == "  zeta: 1"
     assert "unknown" in format_args({"x": 1})

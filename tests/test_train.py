@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
 from engine.checkpoint import load_checkpoint
-from scripts.make_demo_data import make_demo_data
+from datasets.demo import make_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 videos, 4 per batch: 2 steps per epoch; graph and whole-bank Sinkhorn from epoch 1.

@@ -8,7 +8,6 @@ that per-position score, upsampled to the clip and min-max normalised, is the CA
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +18,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from datasets import denormalize
+from engine.files import atomic_write
 
 FORWARD, REVERSED = 0, 1  # class indices of the order head
 CLASS_NAMES = ("forward", "reversed")
@@ -43,6 +43,17 @@ def with_reversed(clips: Tensor) -> tuple[Tensor, Tensor]:
 def pooled_logits(head: nn.Linear, high: Tensor) -> Tensor:
     """Order logits ``[N,2]`` of a high map ``[N,C,t,h,w]``: the head on the global average pool."""
     return head(high.mean(dim=(2, 3, 4)))  # [N,C] -> [N,2]
+
+
+class OrderClassifier(nn.Module):
+    """A backbone and the order head on its pooled ``high`` map: clips ``[N,3,T,H,W]`` -> logits ``[N,2]``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, clips: Tensor) -> Tensor:
+        return pooled_logits(self.head, self.backbone(clips)[2])
 
 
 def activation_map(weight: Tensor, high: Tensor) -> Tensor:
@@ -92,15 +103,8 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"save_png expects a uint8 [H,W,3] image, got {image.dtype} {list(image.shape)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG")
     return path
 
 

@@ -12,11 +12,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
@@ -24,17 +21,17 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from datasets import ClipDataset, DataError
-from engine.checkpoint import CheckpointError, git_commit, save_checkpoint
-from engine.memory import loader_kwargs
-from engine.tracking import Tracker, check_finite, format_args
-from models import BACKBONES, build_backbone, load_backbone
-from visualization.cam import (CLASS_NAMES, clip_cam, order_head, pooled_logits, to_rgb, with_reversed,
-                               write_clip_images)
+from datasets.loader import loader_kwargs
+from engine.checkpoint import CheckpointError, git_commit, load_backbone, save_checkpoint
+from engine.tracking import Tracker, format_args
+from evaluation.protocol import train_epoch
+from evaluation.report import write_json
+from models import BACKBONES, build_backbone
+from visualization.cam import CLASS_NAMES, OrderClassifier, clip_cam, order_head, to_rgb, with_reversed, write_clip_images
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,65 +72,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write_json(record: dict, path: Path) -> None:
-    """Write ``record`` as JSON atomically (temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def high_map(backbone: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     """The frozen backbone's high map ``[N,C,t,h,w]`` of ``clips [N,3,T,H,W]``, without gradient."""
     with torch.no_grad():
         return backbone(clips)[2]
 
 
-def train_head(backbone: nn.Module, head: nn.Linear, loader: DataLoader, args: argparse.Namespace,
+def with_reversed_batch(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate ``(clip, class label)`` samples into clips and their reversed copies, with order labels."""
+    clips, _ = default_collate(batch)  # [B,3,T,H,W]
+    return with_reversed(clips)  # [2B,3,T,H,W], [2B]
+
+
+def train_head(model: OrderClassifier, loader: DataLoader, *, epochs: int, lr: float, wd: float, lr_decay: float,
                device: torch.device, tracker: Tracker) -> None:
-    """Adam on the head only; lr x0.1 after ``--lr_decay`` of the epochs."""
-    opt = torch.optim.Adam(head.parameters(), lr=args.lr, weight_decay=args.wd)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[round(args.lr_decay * args.epochs)], gamma=0.1)
+    """Adam on the head only (the backbone stays frozen, in eval mode); lr x0.1 after ``lr_decay`` of the epochs."""
+    opt = torch.optim.Adam(model.head.parameters(), lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[round(lr_decay * epochs)], gamma=0.1)
     step = 0
-    for epoch in range(args.epochs):
-        total, correct, loss_sum = 0, 0, 0.0
-        for clips, _ in tracker.progress(loader, desc=f"head epoch {epoch + 1}/{args.epochs}"):
-            x, y = with_reversed(clips.to(device, non_blocking=True))  # [2B,3,T,H,W], [2B]
-            logits = pooled_logits(head, high_map(backbone, x))  # [2B,2]
-            loss = F.cross_entropy(logits, y)
-            value = loss.detach()
-            check_finite(value, {"order": value}, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            total += y.numel()
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(value) * y.numel()
-        record = {"epoch": epoch, "loss": loss_sum / total, "accuracy": correct / total,
-                  "lr": opt.param_groups[0]["lr"]}
+    for epoch in range(epochs):
+        rate = opt.param_groups[0]["lr"]
+        stats, step = train_epoch(model, loader, opt, device, tracker, epoch, step, frozen=model.backbone)
+        record = {"epoch": epoch, "loss": stats["loss"], "accuracy": stats["acc"], "lr": rate}
         tracker.scalars(record, step, prefix="head/")
         tracker.epoch(record)
         sched.step()
 
 
-def order_accuracy(backbone: nn.Module, head: nn.Linear, dataset: ClipDataset, args: argparse.Namespace,
-                   device: torch.device, tracker: Tracker) -> dict:
-    """Fraction of test clips (every window of every video, forward and reversed) whose order is told right."""
-    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers,  # one video (N windows) at a time
-                        **loader_kwargs(args.workers))
+def order_accuracy(model: OrderClassifier, dataset: ClipDataset, *, chunk: int, workers: int, device: torch.device,
+                   tracker: Tracker) -> dict:
+    """Fraction of test clips (every window of every video, forward and reversed) whose order is told right.
+
+    A video's windows go through the network ``chunk`` at a time (with their reversed copies), so memory
+    does not grow with the video's length."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers,  # one video (N windows) at a time
+                        **loader_kwargs(workers))
     hits = torch.zeros(2, dtype=torch.long)  # right answers per true class (forward, reversed)
     clips_seen = 0
     with torch.no_grad():
         for clips, _ in tracker.progress(loader, desc="order accuracy"):  # [N,3,T,H,W]
-            x, y = with_reversed(clips.to(device))  # [2N,...], [2N]
-            pred = pooled_logits(head, high_map(backbone, x)).argmax(1)  # [2N]
-            hits += torch.bincount(y[pred == y], minlength=2).cpu()
+            for part in clips.split(chunk):
+                x, y = with_reversed(part.to(device))  # [2n,...], [2n]
+                pred = model(x).argmax(1)  # [2n]
+                hits += torch.bincount(y[pred == y], minlength=2).cpu()
             clips_seen += clips.shape[0]
     return {
         "order_accuracy": float(hits.sum()) / (2 * clips_seen),
@@ -144,15 +126,15 @@ def order_accuracy(backbone: nn.Module, head: nn.Linear, dataset: ClipDataset, a
     }
 
 
-def draw_videos(backbone: nn.Module, head: nn.Linear, dataset: ClipDataset, args: argparse.Namespace,
+def draw_videos(model: OrderClassifier, dataset: ClipDataset, *, num_videos: int, out_dir: Path,
                 device: torch.device) -> list[Path]:
-    """Overlays and grids of the first window of the first ``--num_videos`` test videos; returns the video folders."""
+    """Overlays and grids of the first window of the first ``num_videos`` test videos; returns the video folders."""
     folders = []
-    for k in range(min(args.num_videos, len(dataset))):
+    for k in range(min(num_videos, len(dataset))):
         clips, _ = dataset[k]  # [N,3,T,H,W]
         x, y = with_reversed(clips[:1].to(device))  # [2,3,T,H,W]: forward, reversed
-        cam = clip_cam(head.weight.detach(), high_map(backbone, x), y, tuple(x.shape[2:]))  # [2,T,H,W]
-        folder = Path(args.out_dir) / "videos" / f"{k:03d}_{dataset.videos[k].path.name}"
+        cam = clip_cam(model.head.weight.detach(), high_map(model.backbone, x), y, tuple(x.shape[2:]))  # [2,T,H,W]
+        folder = out_dir / "videos" / f"{k:03d}_{dataset.videos[k].path.name}"
         for i, direction in enumerate(CLASS_NAMES):
             write_clip_images(to_rgb(x[i]), cam[i].cpu().numpy(), folder / direction)
         folders.append(folder)
@@ -168,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tracker = Tracker(out_dir)
-    tracker.print(format_args(args, git_commit()))
+    tracker.print(format_args(vars(args), git_commit()))
 
     # the CSVs first: a bad row stops the run before a large checkpoint is read
     train_set = ClipDataset(args.train_csv, mode="train", seq=args.seq, img_dim=args.img_dim)
@@ -176,23 +158,26 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = build_backbone(args.arch)
     if args.pretrained:
         tracker.print(load_backbone(backbone, args.pretrained)["summary"])
-    backbone.to(device).eval().requires_grad_(False)  # frozen: BN keeps its running statistics
-    head = order_head(backbone.channels[2]).to(device)
+    backbone.requires_grad_(False)  # frozen; train_epoch keeps it in eval mode: BN keeps its running statistics
+    model = OrderClassifier(backbone, order_head(backbone.channels[2])).to(device)
 
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", drop_last=False,
+                        pin_memory=device.type == "cuda", drop_last=False, collate_fn=with_reversed_batch,
                         generator=torch.Generator().manual_seed(args.seed), **loader_kwargs(args.workers))
-    train_head(backbone, head, loader, args, device, tracker)
-    save_checkpoint({"head": head.state_dict(), "arch": args.arch, "args": vars(args)}, out_dir / "order_head.pth")
+    train_head(model, loader, epochs=args.epochs, lr=args.lr, wd=args.wd, lr_decay=args.lr_decay, device=device,
+               tracker=tracker)
+    save_checkpoint({"head": model.head.state_dict(), "arch": args.arch, "args": vars(args)},
+                    out_dir / "order_head.pth")
 
-    result = order_accuracy(backbone, head, test_set, args, device, tracker)
+    result = order_accuracy(model, test_set, chunk=args.batch_size, workers=args.workers, device=device,
+                            tracker=tracker)
     result.update(arch=args.arch, pretrained=args.pretrained, random_init=args.random_init)
     write_json(result, out_dir / "order_accuracy.json")
     tracker.print(f"temporal-order accuracy on {args.test_csv}: {result['order_accuracy']:.4f} "
                   f"(forward {result['forward_accuracy']:.4f}, reversed {result['reversed_accuracy']:.4f}, "
                   f"{result['clips']} clips of {result['videos']} videos)")
 
-    folders = draw_videos(backbone, head, test_set, args, device)
+    folders = draw_videos(model, test_set, num_videos=args.num_videos, out_dir=out_dir, device=device)
     tracker.print(f"wrote the CAM images of {len(folders)} videos under {out_dir / 'videos'}")
     tracker.close()
     return result

@@ -1,4 +1,6 @@
-"""Keep freed memory in the process instead of handing it back to the OS after every sample.
+"""DataLoader settings for video clips: keep freed memory in the loading process.
+
+Why: keep freed memory in the process instead of handing it back to the OS after every sample.
 
 A pretraining sample allocates and frees several buffers of megabytes (decoded frames, crops,
 float frames, the returned ``[3, 3, T, H, W]`` tensor). glibc's malloc serves blocks that large

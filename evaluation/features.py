@@ -11,7 +11,6 @@ reused. (Editing the frame images without touching the CSVs is not detected: del
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -21,8 +20,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.downstream import num_classes, video_loader
 from engine.tracking import Tracker
+from evaluation.protocol import Protocol, video_loader
 
 
 def file_sha256(path: str | Path) -> str:
@@ -33,12 +32,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def cache_description(args: argparse.Namespace) -> dict:
+def cache_description(cfg: Protocol) -> dict:
     """Everything the cached features depend on."""
-    weights = f"sha256:{file_sha256(args.pretrained)}" if args.pretrained else f"random_init:seed={args.seed}"
+    weights = f"sha256:{file_sha256(cfg.pretrained)}" if cfg.pretrained else f"random_init:seed={cfg.seed}"
     return {
-        "weights": weights, "arch": args.arch, "seq": args.seq, "img_dim": args.img_dim, "views": args.test_views,
-        **{name: {"path": str(Path(getattr(args, name)).resolve()), "sha256": file_sha256(getattr(args, name))}
+        "weights": weights, "arch": cfg.arch, "seq": cfg.seq, "img_dim": cfg.img_dim, "views": cfg.test_views,
+        **{name: {"path": str(Path(getattr(cfg, name)).resolve()), "sha256": file_sha256(getattr(cfg, name))}
            for name in ("train_csv", "test_csv")},
     }
 
@@ -65,13 +64,26 @@ def extract_features(model: nn.Module, loader: DataLoader, dev: torch.device, ch
     return {"feats": torch.cat(feats), "counts": torch.cat(counts), "labels": torch.cat(labels)}
 
 
-def cached_features(model: nn.Module, args: argparse.Namespace, dev: torch.device,
-                    tracker: Tracker) -> dict[str, dict[str, Tensor]]:
-    """``{'train': ..., 'test': ...}`` features (see :func:`extract_features`), from the cache when valid."""
+def video_set_features(model: nn.Module, csv_file: str, cfg: Protocol, dev: torch.device,
+                       tracker: Tracker | None = None, desc: str = "features") -> dict[str, Tensor]:
+    """:func:`extract_features` of the deterministic test clips of every video of ``csv_file``.
+
+    Clips: ``cfg.seq`` frames at ``cfg.img_dim``, half-overlapping windows x ``cfg.test_views``;
+    ``cfg.classes`` bounds the labels, ``cfg.batch_size`` clips go through the model at a time.
+    """
     from datasets import ClipDataset
 
-    description = cache_description(args)
-    path = cache_path(args.out_dir, description)
+    dataset = ClipDataset(csv_file, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
+                          num_classes=cfg.classes)
+    return extract_features(model, video_loader(dataset, workers=cfg.workers), dev, cfg.batch_size, tracker,
+                            desc=desc)
+
+
+def cached_features(model: nn.Module, cfg: Protocol, dev: torch.device,
+                    tracker: Tracker) -> dict[str, dict[str, Tensor]]:
+    """``{'train': ..., 'test': ...}`` features (see :func:`extract_features`), from the cache when valid."""
+    description = cache_description(cfg)
+    path = cache_path(cfg.out_dir, description)
     if path.is_file():
         cached = load_checkpoint(path)
         if cached.get("description") == description:
@@ -79,11 +91,8 @@ def cached_features(model: nn.Module, args: argparse.Namespace, dev: torch.devic
             return {"train": cached["train"], "test": cached["test"]}
     model.to(dev)
     splits = {}
-    for split, csv_file in (("train", args.train_csv), ("test", args.test_csv)):
-        dataset = ClipDataset(csv_file, "test", seq=args.seq, img_dim=args.img_dim, views=args.test_views,
-                              num_classes=num_classes(args))
-        splits[split] = extract_features(model, video_loader(dataset, args), dev, args.batch_size, tracker,
-                                         desc=f"{split} features")
+    for split, csv_file in (("train", cfg.train_csv), ("test", cfg.test_csv)):
+        splits[split] = video_set_features(model, csv_file, cfg, dev, tracker, desc=f"{split} features")
     save_checkpoint({"description": description, **splits}, path)
     tracker.print(f"features of {len(splits['train']['labels'])} train and {len(splits['test']['labels'])} "
                   f"test videos cached in {path}")

@@ -1,17 +1,13 @@
-"""What a downstream evaluation reports: video-level top-k, per-class accuracy, confusion matrix.
-
-Outputs are written atomically (temporary file in the destination folder, then ``os.replace``).
-"""
+"""What an evaluation writes: results as JSON and the confusion matrix as a PNG, each atomically."""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import Tensor
+
+from engine.files import atomic_write
 
 
 def read_class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
@@ -29,37 +25,10 @@ def read_class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
     return names
 
 
-def topk_correct(probs: Tensor, labels: Tensor, k: int) -> Tensor:
-    """Whether each label is among the ``k`` highest scores: ``probs [V,K]``, ``labels [V]`` -> bool ``[V]``."""
-    top = probs.topk(min(k, probs.shape[1]), dim=1).indices  # [V,k]
-    return (top == labels[:, None]).any(1)
-
-
-def confusion_matrix(pred: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Counts ``[true class, predicted class]`` as a ``[K, K]`` int64 tensor."""
-    flat = labels.long() * num_classes + pred.long()  # [V]
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def accuracy_report(probs: Tensor, labels: Tensor, class_names: list[str]) -> dict:
-    """``top1``, ``top5`` (fractions), ``per_class`` accuracy (None for a class without test videos), ``confusion``."""
-    num_classes = len(class_names)
-    confusion = confusion_matrix(probs.argmax(1), labels, num_classes)  # [K,K]
-    totals = confusion.sum(1)
-    per_class = {name: (confusion[c, c].item() / totals[c].item() if totals[c] else None)
-                 for c, name in enumerate(class_names)}
-    return {
-        "top1": topk_correct(probs, labels, 1).double().mean().item(),
-        "top5": topk_correct(probs, labels, 5).double().mean().item(),
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-    }
-
-
 def write_json(obj: dict, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     path = Path(path)
-    with _atomic(path, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
     return path
@@ -87,21 +56,7 @@ def save_confusion_png(confusion: list[list[int]], class_names: list[str], path:
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    with _atomic(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=150)
     plt.close(fig)
     return path
-
-
-@contextmanager
-def _atomic(path: Path, mode: str):
-    """Open a temporary file next to ``path``; move it onto ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,4 +1,4 @@
-"""engine.memory: malloc keeps freed blocks in the process (no page faults on reuse), loader setup."""
+"""datasets.loader: malloc keeps freed blocks in the process (no page faults on reuse), loader setup."""
 
 import subprocess
 import sys
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.memory import loader_kwargs, loader_worker_init
+from datasets.loader import loader_kwargs, loader_worker_init
 
 # malloc, touch and free a 16 MiB block 20 times; print the minor page faults the loop took.
 _FAULTS = textwrap.dedent("""
     import ctypes, ctypes.util, resource, sys
-    from engine.memory import keep_freed_memory
+    from datasets.loader import keep_freed_memory
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
     libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]

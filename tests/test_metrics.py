@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from engine.results import (accuracy_report, confusion_matrix, read_class_names, save_confusion_png, topk_correct,
-                            write_json)
+from evaluation.metrics import accuracy_report, confusion_matrix, topk_correct
+from evaluation.report import read_class_names, save_confusion_png, write_json
 
 
 def test_topk_and_per_class_match_a_loop():

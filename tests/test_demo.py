@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.index import count_frames, frame_name, read_csv
-from scripts.make_demo_data import CLASSES, make_demo_data
+from datasets.demo import CLASSES, make_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,8 @@
-"""Downstream evaluation shared by ``eval_linear.py`` and ``finetune.py`` (CoCLR's protocol, fixed).
+"""The downstream protocol shared by ``eval_linear.py`` and ``finetune.py`` (CoCLR's, fixed).
 
-- arguments: :func:`add_downstream_args` (data, model, run and optimisation flags);
+- flags: :func:`add_downstream_args` (data, model, run and optimisation), read into a frozen
+  :class:`Protocol` by :meth:`Protocol.from_flags`; every function below takes that, not the parser's
+  ``Namespace``;
 - data: train clips with CoCLR's evaluation augmentation; test videos covered by half-overlapping
   windows x views; ``--val_fraction`` of the *train* videos held out to choose an epoch;
 - training: :func:`fit` runs the epochs with atomic ``last.pth`` (and ``best.pth`` on validation)
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -24,12 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from engine.checkpoint import git_commit, load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
-from engine.memory import loader_kwargs
-from engine.results import accuracy_report, read_class_names, save_confusion_png, write_json
+from datasets.loader import loader_kwargs
+from engine.checkpoint import (git_commit, load_backbone, load_checkpoint, resolve_resume, rng_state,
+                               save_checkpoint, set_rng_state)
 from engine.sampling import ResumableSampler, SeededSamples
 from engine.tracking import Tracker, check_finite, format_args
-from models import BACKBONES, VideoClassifier, load_backbone
+from evaluation.metrics import accuracy_report
+from evaluation.report import read_class_names, save_confusion_png, write_json
+from models import BACKBONES, VideoClassifier
 
 NUM_CLASSES = {"ucf101": 101, "hmdb51": 51}
 VIEWS = ("center", "five", "ten")
@@ -82,28 +88,75 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
     run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
-def check_downstream_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_downstream_args(parser: argparse.ArgumentParser, cfg: "Protocol") -> None:
     """Stop with a parser error on values that cannot work."""
     for name in ("epochs", "batch_size", "seq", "img_dim"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    if not 0.0 <= args.val_fraction < 1.0:
-        parser.error(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
-    if args.num_classes < 0:
-        parser.error(f"--num_classes must be >= 1 (or 0 for the --dataset default), got {args.num_classes}")
-    if sorted(set(args.schedule)) != list(args.schedule):
-        parser.error(f"--schedule must list increasing epochs, got {args.schedule}")
+        if getattr(cfg, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.workers < 0:
+        parser.error(f"--workers must be >= 0, got {cfg.workers}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        parser.error(f"--val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.num_classes < 0:
+        parser.error(f"--num_classes must be >= 1 (or 0 for the --dataset default), got {cfg.num_classes}")
+    if sorted(set(cfg.schedule)) != list(cfg.schedule):
+        parser.error(f"--schedule must list increasing epochs, got {list(cfg.schedule)}")
 
 
-def num_classes(args: argparse.Namespace) -> int:
-    return args.num_classes or NUM_CLASSES[args.dataset]
+@dataclass(frozen=True)
+class Protocol:
+    """What the downstream flags of :func:`add_downstream_args` say, read-only.
 
+    ``flags`` holds every flag of the command line (the entry script's own too), recorded as is in
+    checkpoints and ``results.json``.
+    """
 
-def class_names(args: argparse.Namespace) -> list[str]:
-    k = num_classes(args)
-    return read_class_names(args.class_names, k) if args.class_names else [str(c) for c in range(k)]
+    train_csv: str
+    test_csv: str
+    out_dir: str
+    pretrained: str = ""
+    random_init: bool = False
+    arch: str = "r3d18"
+    dataset: str = "ucf101"
+    num_classes: int = 0
+    class_names: str = ""
+    seq: int = 16
+    img_dim: int = 112
+    test_views: str = "center"
+    val_fraction: float = 0.0
+    workers: int = 4
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.1
+    wd: float = 1e-3
+    schedule: tuple[int, ...] = ()
+    resume: str = ""
+    seed: int = 0
+    flags: Mapping = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_flags(cls, flags: Mapping) -> "Protocol":
+        """The protocol from a mapping of flag values (``vars(args)``), keeping all of them in ``flags``."""
+        names = [f.name for f in fields(cls) if f.name != "flags"]
+        values = {name: flags[name] for name in names if name in flags}
+        if "schedule" in values:
+            values["schedule"] = tuple(values["schedule"])
+        return cls(**values, flags=dict(flags))
+
+    @property
+    def classes(self) -> int:
+        """Number of classes: ``num_classes`` when set, else the ``dataset``'s."""
+        return self.num_classes or NUM_CLASSES[self.dataset]
+
+    def class_name_list(self) -> list[str]:
+        """Class names in label order, from the ``class_names`` file or the class indices."""
+        k = self.classes
+        return read_class_names(self.class_names, k) if self.class_names else [str(c) for c in range(k)]
+
+    @property
+    def checkpoint_name(self) -> str:
+        """What results.json records as the evaluated checkpoint."""
+        return str(self.pretrained) if self.pretrained else f"random_init (seed {self.seed})"
 
 
 def device() -> torch.device:
@@ -117,32 +170,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(args: argparse.Namespace) -> tuple[Tracker, dict | None]:
-    """Seed, load the resume checkpoint (if any), open the tracker and print the arguments."""
-    seed_everything(args.seed)
-    path = resolve_resume(args.resume, args.out_dir)
+def start_run(cfg: Protocol) -> tuple[Tracker, dict | None, torch.device]:
+    """Seed, load the resume checkpoint (if any), open the tracker and print the arguments.
+
+    Returns the tracker, the resume state (or None) and the device to run on."""
+    seed_everything(cfg.seed)
+    path = resolve_resume(cfg.resume, cfg.out_dir)
     state = load_checkpoint(path) if path else None
-    tracker = Tracker(args.out_dir, purge_step=state["step"] if state else None)
-    tracker.print(format_args(args, git_commit()))
+    tracker = Tracker(cfg.out_dir, purge_step=state["step"] if state else None)
+    tracker.print(format_args(cfg.flags, git_commit()))
     if state:
         tracker.print(f"resuming from {path} (epoch {state['epoch']} done)")
-    return tracker, state
+    return tracker, state, device()
 
 
-def build_classifier(args: argparse.Namespace, head: str, tracker: Tracker, dropout: float = 0.0) -> VideoClassifier:
-    """``VideoClassifier`` with the ``--pretrained`` backbone (loaded strictly) or a random one."""
-    model = VideoClassifier(args.arch, num_classes(args), head=head, dropout=dropout)
-    if args.pretrained:
-        report = load_backbone(model.backbone, args.pretrained)
+def build_classifier(cfg: Protocol, head: str, tracker: Tracker, dropout: float = 0.0) -> VideoClassifier:
+    """``VideoClassifier`` with the ``pretrained`` backbone (loaded strictly) or a random one."""
+    model = VideoClassifier(cfg.arch, cfg.classes, head=head, dropout=dropout)
+    if cfg.pretrained:
+        report = load_backbone(model.backbone, cfg.pretrained)
         tracker.print(report["summary"])
     else:
-        tracker.print(f"random initialisation of {args.arch} (seed {args.seed})")
+        tracker.print(f"random initialisation of {cfg.arch} (seed {cfg.seed})")
     return model
-
-
-def checkpoint_name(args: argparse.Namespace) -> str:
-    """What results.json records as the evaluated checkpoint."""
-    return str(args.pretrained) if args.pretrained else f"random_init (seed {args.seed})"
 
 
 # ----------------------------------------------------------------------------- data
@@ -157,18 +207,18 @@ def split_train_val(n: int, fraction: float, seed: int) -> tuple[list[int], list
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def video_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset | None, Dataset]:
+def video_datasets(cfg: Protocol) -> tuple[Dataset, Dataset | None, Dataset]:
     """(train clips with augmentation, held-out train videos or None, test videos) from the CSVs."""
     from datasets import ClipDataset
 
-    k = num_classes(args)  # the datasets check every label against it
-    train = ClipDataset(args.train_csv, "train", seq=args.seq, img_dim=args.img_dim, num_classes=k)
-    test = ClipDataset(args.test_csv, "test", seq=args.seq, img_dim=args.img_dim, views=args.test_views,
+    k = cfg.classes  # the datasets check every label against it
+    train = ClipDataset(cfg.train_csv, "train", seq=cfg.seq, img_dim=cfg.img_dim, num_classes=k)
+    test = ClipDataset(cfg.test_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
                        num_classes=k)
-    if args.val_fraction == 0:
+    if cfg.val_fraction == 0:
         return train, None, test
-    train_idx, val_idx = split_train_val(len(train), args.val_fraction, args.seed)
-    held_out = ClipDataset(args.train_csv, "test", seq=args.seq, img_dim=args.img_dim, views=args.test_views,
+    train_idx, val_idx = split_train_val(len(train), cfg.val_fraction, cfg.seed)
+    held_out = ClipDataset(cfg.train_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
                            num_classes=k)
     return Subset(train, train_idx), Subset(held_out, val_idx), test
 
@@ -178,13 +228,13 @@ def _drop_count(batch: list) -> list:
     return default_collate([sample for sample, _ in batch])
 
 
-def train_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
+def train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed: int) -> DataLoader:
     """Shuffled, seeded per (seed, epoch, index); call ``loader.sampler.set_epoch(epoch)`` before each epoch."""
     if len(dataset) < 2:
         raise ValueError(f"training needs at least 2 samples, got {len(dataset)}; check --train_csv")
-    return DataLoader(SeededSamples(dataset, args.seed, strict=True), batch_size=args.batch_size,
-                      sampler=ResumableSampler(dataset, seed=args.seed), collate_fn=_drop_count,
-                      num_workers=args.workers, drop_last=len(dataset) > args.batch_size, **loader_kwargs(args.workers))
+    return DataLoader(SeededSamples(dataset, seed, strict=True), batch_size=batch_size,
+                      sampler=ResumableSampler(dataset, seed=seed), collate_fn=_drop_count,
+                      num_workers=workers, drop_last=len(dataset) > batch_size, **loader_kwargs(workers))
 
 
 def collate_videos(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
@@ -195,10 +245,10 @@ def collate_videos(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Ten
     return clips, labels, counts
 
 
-def video_loader(dataset: Dataset, args: argparse.Namespace) -> DataLoader:
+def video_loader(dataset: Dataset, *, workers: int) -> DataLoader:
     """One video per item, in order: a video holds all its windows x views."""
-    return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_videos, num_workers=args.workers,
-                      **loader_kwargs(args.workers))
+    return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate_videos, num_workers=workers,
+                      **loader_kwargs(workers))
 
 
 # ----------------------------------------------------------------------------- train and test
@@ -286,17 +336,19 @@ def load_trained_state(model: nn.Module, state: dict[str, Tensor], frozen: nn.Mo
     model.load_state_dict(state, strict=False)
 
 
-def fit(args: argparse.Namespace, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
+def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
         optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, tracker: Tracker,
         state: dict | None, dev: torch.device, frozen: nn.Module | None = None) -> dict:
-    """Train for ``args.epochs`` epochs, resuming from ``state``; leave the weights to test in ``model``.
+    """Train for ``cfg.epochs`` epochs, resuming from ``state``; leave the weights to test in ``model``.
+
+    Reads ``out_dir``, ``epochs``, ``batch_size``, ``workers``, ``seed`` and ``flags`` of ``cfg``.
 
     ``frozen``: a submodule that must not change; checked after the first epoch, and left out of the
     checkpoints (``last.pth``, ``best.pth``), which hold only what training changes. With a validation
     set, each epoch is scored on it, ``best.pth`` keeps the best one and its weights are the ones
     tested. Returns ``{'epoch': tested epoch (1-based), 'selected_by': 'last epoch'|'validation top1', 'val_top1'}``.
     """
-    out_dir = Path(args.out_dir)
+    out_dir = Path(cfg.out_dir)
     model.to(dev)
     start, step, best = 0, 0, {"epoch": 0, "val_top1": None}
     if state:
@@ -305,10 +357,10 @@ def fit(args: argparse.Namespace, model: nn.Module, train_set: Dataset, val_set:
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, step, best = state["epoch"], state["step"], state["best"]
-    loader = train_loader(train_set, args)
-    val = video_loader(val_set, args) if val_set is not None else None
+    loader = train_loader(train_set, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
+    val = video_loader(val_set, workers=cfg.workers) if val_set is not None else None
     before = snapshot(frozen) if frozen is not None and start == 0 else None
-    for epoch in range(start, args.epochs):
+    for epoch in range(start, cfg.epochs):
         loader.sampler.set_epoch(epoch)
         stats, step = train_epoch(model, loader, optimizer, dev, tracker, epoch, step, frozen)
         if before is not None:
@@ -317,7 +369,7 @@ def fit(args: argparse.Namespace, model: nn.Module, train_set: Dataset, val_set:
         scheduler.step()
         record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in stats.items()}}
         if val is not None:
-            probs, labels = predict_videos(model, val, dev, args.batch_size)
+            probs, labels = predict_videos(model, val, dev, cfg.batch_size)
             record["val_top1"] = (probs.argmax(1) == labels).double().mean().item()
             tracker.scalars({"top1": record["val_top1"]}, step, prefix="val/")
             if best["val_top1"] is None or record["val_top1"] > best["val_top1"]:
@@ -325,26 +377,26 @@ def fit(args: argparse.Namespace, model: nn.Module, train_set: Dataset, val_set:
                 save_checkpoint({"model": trained_state(model, frozen), "epoch": epoch + 1}, out_dir / "best.pth")
         save_checkpoint({"model": trained_state(model, frozen), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
-                         "rng": rng_state(), "args": vars(args)}, out_dir / "last.pth")
+                         "rng": rng_state(), "args": dict(cfg.flags)}, out_dir / "last.pth")
         tracker.epoch(record)
         tracker.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     if val is None:
-        return {"epoch": args.epochs, "selected_by": "last epoch", "val_top1": None}
+        return {"epoch": cfg.epochs, "selected_by": "last epoch", "val_top1": None}
     load_trained_state(model, load_checkpoint(out_dir / "best.pth")["model"], frozen)
     tracker.print(f"testing epoch {best['epoch']} (best validation top-1 {best['val_top1']:.4f})")
     return {"epoch": best["epoch"], "selected_by": "validation top1", "val_top1": best["val_top1"]}
 
 
-def test_and_report(args: argparse.Namespace, model: nn.Module, test_set: Dataset, dev: torch.device,
-                    tracker: Tracker, extra: dict) -> dict:
-    """Video-level test; write ``results.json`` and ``confusion.png`` to ``out_dir``; return the results."""
-    names = class_names(args)
-    probs, labels = predict_videos(model, video_loader(test_set, args), dev, args.batch_size, tracker)
+def test_and_report(cfg: Protocol, model: nn.Module, test_set: Dataset, dev: torch.device, tracker: Tracker,
+                    extra: dict) -> dict:
+    """Video-level test; write ``results.json`` and ``confusion.png`` to ``cfg.out_dir``; return the results."""
+    names = cfg.class_name_list()
+    probs, labels = predict_videos(model, video_loader(test_set, workers=cfg.workers), dev, cfg.batch_size, tracker)
     report = accuracy_report(probs, labels, names)
     results = {"top1": report["top1"], "top5": report["top5"], "per_class_accuracy": report["per_class"],
-               "test_videos": len(labels), "test_views": args.test_views, "checkpoint": checkpoint_name(args),
-               "args": copy.deepcopy(vars(args)), "git_commit": git_commit(), **extra}
-    out_dir = Path(args.out_dir)
+               "test_videos": len(labels), "test_views": cfg.test_views, "checkpoint": cfg.checkpoint_name,
+               "args": copy.deepcopy(dict(cfg.flags)), "git_commit": git_commit(), **extra}
+    out_dir = Path(cfg.out_dir)
     write_json(results, out_dir / "results.json")
     save_confusion_png(report["confusion"], names, out_dir / "confusion.png",
                        title=f"top-1 {100 * report['top1']:.1f}% over {len(labels)} test videos")

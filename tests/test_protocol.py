@@ -1,5 +1,4 @@
-"""Shared downstream machinery: video-level aggregation, frozen backbone, training loop, resume."""
-import argparse
+"""evaluation.protocol: video-level aggregation, frozen backbone, training loop, resume."""
 import json
 import math
 
@@ -8,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from engine.downstream import (assert_unchanged, collate_videos, fit, load_trained_state, predict_videos, snapshot,
+from evaluation.protocol import (Protocol, assert_unchanged, collate_videos, fit, load_trained_state, predict_videos, snapshot,
                                split_train_val, start_run, train_epoch, trained_state, video_loader, video_probs)
 from engine.tracking import Tracker
 
@@ -62,7 +61,7 @@ def test_predict_videos_chunks_clips_and_keeps_videos_apart():
     for n, y in zip(COUNTS, LABELS):
         videos.append((torch.arange(start, start + n, dtype=torch.float32)[:, None], y))  # [n,1]
         start += n
-    loader = video_loader(videos, argparse.Namespace(workers=0))
+    loader = video_loader(videos, workers=0)
     model = LookupModel(CLIP_LOGITS)
     probs, labels = predict_videos(model, loader, torch.device("cpu"), chunk=2)
     assert labels.tolist() == LABELS
@@ -140,7 +139,8 @@ def test_frozen_check_catches_weight_change():
 
 
 def fit_args(out_dir, epochs, resume=""):
-    return argparse.Namespace(out_dir=str(out_dir), epochs=epochs, batch_size=8, seed=0, workers=0, resume=resume)
+    return Protocol(train_csv="", test_csv="", out_dir=str(out_dir), epochs=epochs, batch_size=8, seed=0, workers=0,
+                    resume=resume)
 
 
 def toy_problem():
@@ -158,7 +158,7 @@ def run_fit(out_dir, epochs, resume="", with_val=False, net_seed=0):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [2], gamma=0.1)
     args = fit_args(out_dir, epochs, resume)
-    tracker, state = start_run(args)
+    tracker, state, _ = start_run(args)
     train_set, val_set = toy_problem()
     chosen = fit(args, net, train_set, val_set if with_val else None, optimizer, scheduler, tracker, state,
                  torch.device("cpu"))

@@ -1,0 +1,1 @@
+"""The downstream protocol (CoCLR's, fixed): linear probe, fine-tuning loop, features, retrieval, reports."""

@@ -1,0 +1,84 @@
+"""scripts/extract_features.py: per-video and per-clip pooled features of a CSV, and its errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from datasets import ClipDataset, read_csv
+from datasets.demo import make_demo_data
+from datasets.index import write_csv
+from engine.checkpoint import save_checkpoint
+from models import MFOModel, build_backbone
+from scripts.extract_features import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ, IMG = 8, 32
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    demo = make_demo_data(root / "demo", videos=8, frames=20, seed=1)
+    write_csv(demo / "small.csv", read_csv(demo / "train.csv")[:3])
+    torch.manual_seed(0)
+    model = MFOModel("r3d18", channel=8, cluster=4)
+    ckpt = save_checkpoint({"model": model.state_dict()}, root / "mfo.pth")
+    return demo / "small.csv", ckpt, model
+
+
+def test_features_match_the_backbone_clip_by_clip(data, tmp_path):
+    csv_file, ckpt, mfo = data
+    out = tmp_path / "feats.pt"
+    assert main(["--pretrained", str(ckpt), "--csv", str(csv_file), "--out", str(out), "--seq", str(SEQ),
+                 "--img_dim", str(IMG), "--views", "five", "--per_clip", "--workers", "0", "--batch_size", "3"]) == 0
+    saved = torch.load(out, weights_only=True)
+    rows = read_csv(csv_file, require_labels=True)
+    assert saved["paths"] == [str(r.path) for r in rows]
+    assert saved["labels"].tolist() == [r.label for r in rows]
+    assert (saved["arch"], saved["seq"], saved["img_dim"], saved["views"]) == ("r3d18", SEQ, IMG, "five")
+
+    # independent computation: the pretrained backbone on every test clip, pooled over t, h, w
+    backbone = build_backbone("r3d18")
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in mfo.state_dict().items()
+                              if k.startswith("backbone.")})
+    backbone.eval()
+    dataset = ClipDataset(csv_file, "test", seq=SEQ, img_dim=IMG, views="five")
+    want, counts = [], []
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            clips, _ = dataset[i]  # [N,3,T,H,W]
+            want.append(backbone(clips)[2].mean(dim=(2, 3, 4)))
+            counts.append(len(clips))
+    assert saved["clip_counts"].tolist() == counts and all(n % 5 == 0 for n in counts)
+    torch.testing.assert_close(saved["clip_features"], torch.cat(want), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(saved["features"], torch.stack([w.mean(0) for w in want]), rtol=1e-4, atol=1e-5)
+    assert saved["features"].shape == (3, 512)
+
+
+def test_without_per_clip_only_video_features(data, tmp_path):
+    csv_file, ckpt, _ = data
+    out = tmp_path / "feats.pt"
+    cmd = [sys.executable, "scripts/extract_features.py", "--pretrained", str(ckpt), "--csv", str(csv_file),
+           "--out", str(out), "--seq", str(SEQ), "--img_dim", str(IMG), "--workers", "0"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "features of 3 videos (512 wide)" in run.stdout
+    saved = torch.load(out, weights_only=True)
+    assert "clip_features" not in saved and saved["features"].shape == (3, 512)
+
+
+def test_bad_checkpoint_or_csv_is_one_line_and_writes_nothing(data, tmp_path, capsys):
+    csv_file, ckpt, _ = data
+    out = tmp_path / "feats.pt"
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    assert main(["--pretrained", str(tmp_path / "junk.pth"), "--csv", str(csv_file), "--out", str(out),
+                 "--workers", "0"]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    (tmp_path / "bad.csv").write_text("only_a_path\n")
+    assert main(["--pretrained", str(ckpt), "--csv", str(tmp_path / "bad.csv"), "--out", str(out),
+                 "--workers", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.csv" in err
+    assert not out.exists() and list(tmp_path.glob(".feats.pt*")) == []
