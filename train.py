@@ -25,7 +25,8 @@ from engine.checkpoint import (CheckpointError, git_commit, link_checkpoint, loa
                                rng_state, save_checkpoint, set_rng_state, unwrap)
 from engine.sampling import ResumableSampler, SeededSamples
 from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args
-from losses import PrototypeBank, mfo_objective
+from evaluation.monitor import KnnMonitor, batch_health
+from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MFOModel
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
@@ -60,8 +61,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--wd", type=float, default=1e-5, help="Adam weight decay")
     g.add_argument("--lr_decay", type=int, default=70, help="epoch at which the learning rate is multiplied by 0.1")
     g.add_argument("--split", type=int, default=20, help="epoch from which the graph constraint is added")
-    g.add_argument("--thres", "-thres", type=float, default=0.05,
-                   help="similarity threshold of the graph inference")
     g.add_argument("--queue_size", type=int, default=1024, help="rows of the prototype bank (FIFO of logits)")
     g.add_argument("--queue_start", type=int, default=10,
                    help="epoch from which Sinkhorn runs over the whole bank instead of the current batch")
@@ -69,6 +68,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm layers in eval mode (running statistics); used to compare runs "
                         "over different numbers of workers")
+    g = p.add_argument_group("objective (defaults: the paper's)")
+    g.add_argument("--terms", nargs="+", choices=TERMS, default=list(TERMS), metavar="TERM",
+                   help=f"terms that enter the total loss, any of: {' '.join(TERMS)} (graph only from --split); "
+                        "every term is still computed and logged")
+    g.add_argument("--tau", type=float, default=0.07, help="temperature of the contrast, alignment and graph terms")
+    g.add_argument("--proto_tau", type=float, default=0.1, help="temperature of the prototype softmax")
+    g.add_argument("--sk_eps", type=float, default=0.05, help="Sinkhorn entropy regularisation epsilon")
+    g.add_argument("--sk_iters", type=int, default=3, help="Sinkhorn iterations")
+    g.add_argument("--level_weights", type=float, nargs=3, default=[1.0, 0.5, 0.3], metavar=("HIGH", "MID", "LOW"),
+                   help="weights of the high, mid and low levels")
+    g.add_argument("--proto_weight", type=float, default=0.5, help="weight of the prototype term")
+    g.add_argument("--thres", "-thres", type=float, default=0.05,
+                   help="similarity threshold of the graph inference")
+    g = p.add_argument_group("monitor (kNN on labelled videos, rank 0 logs it)")
+    g.add_argument("--monitor_train_csv", default=None,
+                   help="labelled CSV (path,frames,label) whose videos are the kNN memory; with --monitor_test_csv")
+    g.add_argument("--monitor_test_csv", default=None, help="labelled CSV whose videos the kNN classifies")
+    g.add_argument("--monitor_every", type=int, default=1, help="run the kNN monitor every this many epochs")
     g = p.add_argument_group("run")
     g.add_argument("--out_dir", default="runs/mfo", help="folder for checkpoints, TensorBoard logs and log.jsonl")
     g.add_argument("--resume", default="",
@@ -95,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.demo:  # demo values replace the defaults, so flags given explicitly still win
-        parser.set_defaults(**DEMO_DEFAULTS, csv_file=str(DEMO_DATA / "pretrain.csv"))
+        parser.set_defaults(**DEMO_DEFAULTS, csv_file=str(DEMO_DATA / "pretrain.csv"),
+                            monitor_train_csv=str(DEMO_DATA / "train.csv"), monitor_test_csv=str(DEMO_DATA / "test.csv"))
         args = parser.parse_args(argv)
     if args.csv_file is None:
         parser.error("--csv_file is required (or --demo for a run on generated data)")
@@ -104,7 +122,21 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.rate < 1:
         parser.error("--rate must be at least 1")
+    for name in ("tau", "proto_tau", "sk_eps", "sk_iters", "proto_weight", "monitor_every"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not all(w > 0 for w in args.level_weights):
+        parser.error(f"--level_weights must be positive, got {' '.join(map(str, args.level_weights))}")
+    if (args.monitor_train_csv is None) != (args.monitor_test_csv is None):
+        parser.error("--monitor_train_csv and --monitor_test_csv go together")
     return args
+
+
+def objective_of(args: argparse.Namespace) -> Objective:
+    """The objective the flags describe."""
+    return Objective(terms=tuple(t for t in TERMS if t in args.terms), tau=args.tau, proto_tau=args.proto_tau,
+                     sk_eps=args.sk_eps, sk_iters=args.sk_iters, level_weights=tuple(args.level_weights),
+                     proto_weight=args.proto_weight, thres=args.thres)
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -116,9 +148,12 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, clips: torch.Tensor, *,
-               step: int, use_graph: bool, use_queue: bool, freeze_prototypes: bool, thres: float,
+               step: int, use_graph: bool, use_queue: bool, freeze_prototypes: bool, objective: Objective,
                amp: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on a batch ``clips`` [B,3,3,T,H,W]; returns the loss and its detached terms.
+
+    The terms also hold the batch's collapse statistics (``erank_<level>``, ``std_<level>``, see
+    ``evaluation.monitor.batch_health``).
 
     Prototype rows are L2-normalised before the forward pass (so logits are cosines) and hence
     before every optimiser step; with ``freeze_prototypes`` (epoch 0) their gradient is dropped.
@@ -131,8 +166,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Prototy
         out = model(clips, with_graph=use_graph)
     out = {k: v.float() for k, v in out.items()}
     bank.push_local(out["logits"])  # the global batch's logits, without gradient
-    loss, terms = mfo_objective(out, bank.read(use_queue), use_graph=use_graph, thres=thres)
+    loss, terms = mfo_objective(out, bank.read(use_queue), use_graph=use_graph, objective=objective)
     check_finite(loss, terms, step)
+    terms.update({k: torch.tensor(v) for k, v in batch_health(out).items()})
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if freeze_prototypes:
@@ -175,6 +211,17 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     # purge_step drops TensorBoard events logged after the checkpoint by an interrupted run
     tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=state["global_step"] + 1 if state else None)
     tracker.print(format_args(vars(args), git_commit()))
+    objective = objective_of(args)
+    tracker.hparams({"terms": " ".join(objective.terms), "tau": objective.tau, "proto_tau": objective.proto_tau,
+                     "sk_eps": objective.sk_eps, "sk_iters": objective.sk_iters,
+                     "level_weights": " ".join(map(str, objective.level_weights)),
+                     "proto_weight": objective.proto_weight, "thres": objective.thres, "lr": args.lr,
+                     "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq, "img_dim": args.img_dim})
+    monitor = None
+    if args.monitor_train_csv:
+        monitor = KnnMonitor(args.monitor_train_csv, args.monitor_test_csv, seq=args.seq, img_dim=args.img_dim,
+                             batch_size=args.train_batch, workers=args.workers)
+    warned_collapse = False
     amp = args.amp and ctx.device.type == "cuda"
     if args.amp and not amp:
         tracker.print("warning: --amp needs CUDA; running in float32 on CPU")
@@ -229,7 +276,8 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             clips = clips.to(ctx.device, non_blocking=True)  # [B,3,3,T,H,W]
             global_step += 1
             loss, terms = train_step(model, optimizer, bank, clips, step=global_step, use_graph=use_graph,
-                                     use_queue=use_queue, freeze_prototypes=epoch == 0, thres=args.thres, amp=amp)
+                                     use_queue=use_queue, freeze_prototypes=epoch == 0, objective=objective,
+                                     amp=amp)
 
             step_time = time.perf_counter() - tic
             replaced += distributed.sum_over_workers(int(n_replaced.sum()))
@@ -258,10 +306,25 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         scheduler.step()
         skip_steps = 0
         summary = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
-                   "replaced_videos": replaced, **{k: v / max(n, 1) for k, v in sums.items()}}
+                   "replaced_videos": replaced, **{k: v / max(n, 1) for k, v in sums.items()},
+                   "objective": {"terms": list(objective.terms), "tau": objective.tau,
+                                 "proto_tau": objective.proto_tau, "sk_eps": objective.sk_eps,
+                                 "sk_iters": objective.sk_iters, "level_weights": list(objective.level_weights),
+                                 "proto_weight": objective.proto_weight, "thres": objective.thres}}
+        if monitor is not None and ((epoch + 1) % args.monitor_every == 0 or epoch + 1 == args.epoch):
+            seen = monitor(core.backbone, ctx.device)  # a collective under DDP: every rank runs it
+            summary.update({f"monitor_{k}": v for k, v in seen.items()})
+            tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, global_step)
+            rank, width = seen["erank"], seen["width"]
+        else:
+            rank, width = summary.get("erank_pooled"), core.backbone.channels[2]
+        if rank is not None and rank < 0.05 * width and not warned_collapse:
+            warned_collapse = True
+            tracker.print(f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of "
+                          f"{width} (below 5%); see the README's 'Watching a run' for what to try")
         tracker.epoch(summary)
         tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
-                                                     if k not in ("epoch",)))
+                                                     if k not in ("epoch", "objective")))
         save(epoch + 1, 0, [f"epoch_{epoch:04d}.pth", "last.pth"])
     tracker.close()
     return history

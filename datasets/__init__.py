@@ -2,7 +2,7 @@
 
 Public names (a contract for the rest of the project): ``PretrainDataset``, ``ClipDataset``,
 ``read_csv``, ``DataError``, ``FrameDecodeError``, ``IMAGENET_MEAN``, ``IMAGENET_STD``,
-``denormalize`` (and ``VideoRecord``, ``normalize``). They are imported on first use, so that
+``denormalize`` (and ``CentreClipDataset``, ``VideoRecord``, ``normalize``). They are imported on first use, so that
 the torch-free parts (``datasets.index``, used by the frame and CSV scripts) load fast.
 """
 
@@ -11,6 +11,7 @@ import importlib
 _HOMES = {
     "PretrainDataset": "datasets.pretrain",
     "ClipDataset": "datasets.clips",
+    "CentreClipDataset": "datasets.clips",
     "FrameDecodeError": "datasets.frames",
     "DataError": "datasets.index",
     "VideoRecord": "datasets.index",

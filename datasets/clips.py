@@ -91,3 +91,32 @@ class ClipDataset(Dataset):
             clips += [crops[box].flip(-1) if flip else crops[box] for box, flip in views]
         x = torch.stack(clips).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
         return normalize(x).transpose(1, 2).contiguous(), video.label  # [N, 3, T, S, S]
+
+
+class CentreClipDataset(Dataset):
+    """One deterministic clip per video of a ``path,frames,label`` CSV: ``(clip [3, T, S, S], label)``.
+
+    The clip is the ``seq`` frames in the middle of the video (clamped to the last frame in a
+    shorter one), centre crop of side ``test_crop`` x short side, resized to ``img_dim``,
+    ImageNet-normalised; no randomness. For cheap, bounded-memory monitoring during pretraining
+    (one clip per video, not all windows).
+    """
+
+    def __init__(self, csv_file, seq: int = 16, img_dim: int = 112, *, test_crop: float = 0.875):
+        if seq < 1 or img_dim < 1:
+            raise ValueError(f"seq={seq}, img_dim={img_dim}: both must be >= 1")
+        self.seq, self.img_dim, self.test_crop = seq, img_dim, test_crop
+        self.videos = read_csv(csv_file, require_labels=True)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        video = self.videos[i]
+        start = max(video.frames - self.seq, 0) // 2
+        indices = [min(start + t, video.frames - 1) for t in range(self.seq)]
+        width, height = frame_size(video.path)
+        [(box, _)] = view_boxes(width, height, "center", self.test_crop)
+        frames = read_frames(video.path, indices, decode_size([box], self.img_dim))  # [T, H, W, 3] uint8
+        x = crop_resize(frames, box, self.img_dim).to(torch.float32).div_(255)  # [T, 3, S, S]
+        return normalize(x).transpose(0, 1).contiguous(), video.label  # [3, T, S, S]

@@ -64,6 +64,15 @@ class Tracker:
         for name, value in values.items():
             self.writer.add_scalar(prefix + name, float(value), step)
 
+    def hparams(self, values: dict) -> None:
+        """Record the run's settings (numbers or strings) in TensorBoard's HPARAMS tab, in this run's folder."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(values, {}):  # experiment, session start, session end
+            self.writer.file_writer.add_summary(summary)
+
     def epoch(self, record: dict) -> None:
         """Append one JSON line to ``log.jsonl``."""
         if not self.enabled:

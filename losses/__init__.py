@@ -4,9 +4,11 @@ from .alignment import temporal_alignment
 from .contrast import instance_contrast, motion_contrast
 from .graph import graph_constraint, infer_graph
 from .prototypes import PrototypeBank, prototype_swap, sinkhorn
-from .total import mfo_objective
+from .total import TERMS, Objective, mfo_objective
 
 __all__ = [
+    "TERMS",
+    "Objective",
     "PrototypeBank",
     "graph_constraint",
     "infer_graph",

@@ -53,6 +53,7 @@ class MFOModel(nn.Module):
         mid  [2B,3,C]     mid_t  [B,3,C,4]   mid_g  [B,3,C]
         low  [2B,3,C]     low_t  [B,3,C,8]   low_g  [B,3,C]
         logits [B,2,K]    cosines of the normalised global embedding of clips a, b with the prototypes
+        pooled [B,3,c]    the globally pooled ``high`` map of each clip (c = the backbone's width), for monitoring
 
     The ``*_g`` keys are present only when ``with_graph``.
     """
@@ -118,7 +119,8 @@ class MFOModel(nn.Module):
         if with_graph:
             out["high_g"] = self.high_heads.graph(z).mean(2).reshape(b, 3, -1)  # [B,3,C]
 
-        pooled = high.mean(dim=(2, 3, 4)).reshape(b, 3, -1)[:, :2].flatten(0, 1)  # [2B,c], clips a, b
-        g = F.normalize(self.global_head(pooled), dim=1)  # [2B,C]
+        pooled = high.mean(dim=(2, 3, 4)).reshape(b, 3, -1)  # [B,3,c] globally pooled backbone features
+        out["pooled"] = pooled
+        g = F.normalize(self.global_head(pooled[:, :2].flatten(0, 1)), dim=1)  # [2B,C], clips a, b
         out["logits"] = self.prototypes(g).reshape(b, 2, -1)  # [B,2,K]
         return out

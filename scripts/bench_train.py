@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch
 
-from losses import PrototypeBank
+from losses import Objective, PrototypeBank
 from models import BACKBONES, MFOModel
 from train import train_step
 
@@ -63,7 +63,7 @@ def bench(arch: str, batch: int, seq: int, img: int, amp: bool, repeats: int, de
 
     def full_step():
         train_step(model, optimizer, bank, clips, step=1, use_graph=True, use_queue=True,
-                   freeze_prototypes=False, thres=0.05, amp=amp)
+                   freeze_prototypes=False, objective=Objective(), amp=amp)
 
     t = median_times({"backbone": backbone_only, "full": full_step}, repeats, device)
     t_backbone, t_full = t["backbone"], t["full"]

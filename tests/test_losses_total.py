@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from losses import (PrototypeBank, graph_constraint, infer_graph, instance_contrast, mfo_objective,
+from losses import (TERMS, Objective, PrototypeBank, graph_constraint, infer_graph, instance_contrast, mfo_objective,
                     motion_contrast, prototype_swap, temporal_alignment)
 from tests.two_workers import run_on_two_workers
 
@@ -138,3 +138,96 @@ def test_two_workers_equal_one_process(tmp_path):
                 torch.testing.assert_close(terms[name], want_terms[name])
             torch.testing.assert_close(grads, want_grads)
             torch.testing.assert_close(queue, want_queue)
+
+
+def _reference_total(out, bank, tau=0.07, weights=(1.0, 0.5, 0.3), proto_weight=0.5, proto=(0.1, 0.05, 3),
+                     thres=0.05, use_graph=True):
+    """The objective summed term by term from the public functions, in the order of DESIGN §3's code."""
+    w = dict(zip(("high", "mid", "low"), weights))
+    inst, _, sim = instance_contrast(out["high"][:, :2], tau)
+    total = w["high"] * inst
+    for lvl in ("high", "mid", "low"):
+        total = total + w[lvl] * temporal_alignment(out[f"{lvl}_t"], tau)[0]
+    for lvl in ("mid", "low"):
+        total = total + w[lvl] * motion_contrast(out[lvl][:4, :2], out[lvl][4:, :2], tau)[0]
+    loss, q_a, q_b = prototype_swap(out["logits"], bank, *proto)
+    total = total + proto_weight * loss
+    if use_graph:
+        graph = infer_graph(sim, (q_a + q_b).argmax(1), thres)
+        for lvl in ("high", "mid", "low"):
+            total = total + w[lvl] * graph_constraint(out[f"{lvl}_g"][:, :2], graph, tau)
+    return total
+
+
+def test_default_objective_is_the_paper_total_bit_for_bit():
+    out = _random_out(4, 11)
+    bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(2))
+    bank.push_local(out["logits"])
+    for use_graph in (False, True):
+        loss, _ = mfo_objective(out, bank.read(True), use_graph=use_graph)
+        assert torch.equal(loss, _reference_total(out, bank.read(True), use_graph=use_graph))
+    assert Objective() == Objective(terms=("inst", "motion", "align", "proto", "graph"), tau=0.07, proto_tau=0.1,
+                                    sk_eps=0.05, sk_iters=3, level_weights=(1.0, 0.5, 0.3), proto_weight=0.5,
+                                    thres=0.05)
+
+
+# which logged terms (and weights) each switch covers, written out by hand from DESIGN §3
+SWITCHED = {"inst": {"inst": 1.0}, "align": {"align_high": 1.0, "align_mid": 0.5, "align_low": 0.3},
+            "motion": {"motion_mid": 0.5, "motion_low": 0.3}, "proto": {"proto": 0.5},
+            "graph": {"graph_high": 1.0, "graph_mid": 0.5, "graph_low": 0.3}}
+
+
+@pytest.mark.parametrize("dropped", TERMS)
+def test_each_switch_removes_exactly_its_term(dropped):
+    out = _random_out(4, 12)
+    bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(2))
+    bank.push_local(out["logits"])
+    full, full_terms = mfo_objective(out, bank.read(True), use_graph=True)
+    kept = tuple(t for t in TERMS if t != dropped)
+    loss, terms = mfo_objective(out, bank.read(True), use_graph=True, objective=Objective(terms=kept))
+    assert terms.keys() == full_terms.keys() and all(torch.equal(terms[k], full_terms[k]) for k in terms)
+    removed = sum(weight * terms[name] for name, weight in SWITCHED[dropped].items())
+    torch.testing.assert_close(full.detach() - loss.detach(), removed)
+    everything = sum(weight * terms[name] for switch in kept for name, weight in SWITCHED[switch].items())
+    torch.testing.assert_close(loss.detach(), everything)
+
+
+def test_a_term_left_out_gets_no_gradient():
+    gen = torch.Generator().manual_seed(13)
+    out = {key: torch.randn(4, *shape, generator=gen) for key, shape in SHAPES.items()}
+    out["mid"], out["low"] = out["mid"].flatten(0, 1), out["low"].flatten(0, 1)
+    out = {key: value.requires_grad_() for key, value in out.items()}
+    bank = PrototypeBank(size=BANK, cluster=K)
+    bank.push_local(out["logits"])
+    loss, _ = mfo_objective(out, bank.read(True), use_graph=False, objective=Objective(terms=("inst", "proto")))
+    loss.backward()
+    assert out["high"].grad.abs().sum() > 0 and out["logits"].grad.abs().sum() > 0
+    assert all(out[key].grad is None for key in ("mid", "low", "high_t", "mid_t", "low_t"))
+    # the graph alone before --split: nothing enters the total, and nothing breaks
+    zero, _ = mfo_objective(out, bank.read(True), use_graph=False, objective=Objective(terms=("graph",)))
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_constants_reach_their_terms():
+    out = _random_out(4, 14)
+    bank = PrototypeBank(size=BANK, cluster=K, generator=torch.Generator().manual_seed(2))
+    bank.push_local(out["logits"])
+    rows = bank.read(True)
+    custom = Objective(tau=0.2, proto_tau=0.3, sk_eps=0.1, sk_iters=5, level_weights=(0.7, 0.2, 0.9),
+                       proto_weight=1.5, thres=0.2)
+    loss, terms = mfo_objective(out, rows, use_graph=True, objective=custom)
+    torch.testing.assert_close(terms["inst"], instance_contrast(out["high"][:, :2], 0.2)[0].detach())
+    torch.testing.assert_close(terms["proto"], prototype_swap(out["logits"], rows, 0.3, 0.1, 5)[0].detach())
+    want = _reference_total(out, rows, tau=0.2, weights=(0.7, 0.2, 0.9), proto_weight=1.5, proto=(0.3, 0.1, 5),
+                            thres=0.2)
+    torch.testing.assert_close(loss, want)
+    assert not torch.allclose(loss, mfo_objective(out, rows, use_graph=True)[0])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(terms=("inst", "colour")), "subset of"), (dict(terms=()), "subset of"), (dict(tau=0.0), "tau must be"),
+    (dict(sk_iters=0), "sk_iters must be"), (dict(proto_weight=-1.0), "proto_weight must be"),
+    (dict(level_weights=(1.0, 0.5)), "3 values"), (dict(level_weights=(1.0, 0.0, 0.3)), "level_weights must be")])
+def test_bad_objectives_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Objective(**bad)

@@ -145,3 +145,40 @@ def test_unreadable_video_is_replaced_and_counted_unless_strict(csv_file, tmp_pa
     assert str(broken.name) in capsys.readouterr().err
     with pytest.raises(SystemExit, match=f"cannot decode frame .*{broken.name}"):
         run(str(data / "pretrain.csv"), tmp_path / "strict", "--max_steps 2 --strict_data")
+
+
+def test_objective_flags_parse_into_the_objective(capsys):
+    args = train.parse_args(shlex.split("--csv_file x.csv --terms proto inst --tau 0.2 --proto_tau 0.3 --sk_eps 0.1 "
+                                        "--sk_iters 5 --level_weights 1 0.4 0.2 --proto_weight 2 --thres 0.1"))
+    assert train.objective_of(args) == train.Objective(terms=("inst", "proto"), tau=0.2, proto_tau=0.3, sk_eps=0.1,
+                                                       sk_iters=5, level_weights=(1.0, 0.4, 0.2), proto_weight=2.0,
+                                                       thres=0.1)
+    assert train.objective_of(train.parse_args(["--csv_file", "x.csv"])) == train.Objective()  # paper defaults
+    for bad, message in (("--terms inst colour", "invalid choice: 'colour'"), ("--tau 0", "--tau must be positive"),
+                         ("--sk_iters -1", "--sk_iters must be positive"),
+                         ("--level_weights 1 0 1", "--level_weights must be positive"),
+                         ("--monitor_train_csv a.csv", "go together")):
+        with pytest.raises(SystemExit):
+            train.parse_args(shlex.split(f"--csv_file x.csv {bad}"))
+        assert message in capsys.readouterr().err
+
+
+def test_terms_switch_and_monitor_are_logged(csv_file, tmp_path):
+    data = Path(csv_file).parent
+    out = tmp_path / "inst"
+    history = run(csv_file, out, f"--epoch 1 --terms inst --tau 0.1 --monitor_train_csv {data / 'train.csv'} "
+                                 f"--monitor_test_csv {data / 'test.csv'}")
+    assert len(history) == 2
+    for record in history:  # the total is the instance term alone (weight 1), every other term still logged
+        assert record["loss"] == pytest.approx(record["inst"], rel=1e-6)
+        assert record["proto"] > 0 and "motion_mid" in record and "erank_pooled" in record
+    line = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert line["objective"]["terms"] == ["inst"] and line["objective"]["tau"] == 0.1
+    assert 0.0 <= line["monitor_knn_top1"] <= 1.0 and 1.0 <= line["monitor_erank"] <= 512
+    assert line["erank_high"] == pytest.approx(sum(r["erank_high"] for r in history) / 2)
+    assert set(tb_scalars(out, "monitor/knn_top1")) == {2}
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+    state = load_checkpoint(out / "last.pth")
+    assert state["args"]["terms"] == ["inst"] and state["args"]["tau"] == 0.1

@@ -1,0 +1,139 @@
+"""Watching a pretraining run: is the representation getting better, and is it collapsing?
+
+- :func:`effective_rank` (RankMe, Garrido et al. 2023): exp of the entropy of the normalised
+  singular values of a feature matrix; it falls to a handful when features collapse onto a few
+  directions, and tracks downstream accuracy without labels;
+- :func:`embedding_stats`: that rank and the mean per-dimension standard deviation of the
+  L2-normalised rows (0 for a complete collapse; about ``1/sqrt(width)`` for rows spread evenly
+  over the sphere);
+- :func:`knn_top1`: the weighted kNN classifier of DINO's evaluation (cosine similarity, the ``k``
+  nearest train features vote with weight ``exp(sim / temperature)``);
+- :class:`KnnMonitor`: pooled backbone features of one centred clip per video of a labelled train
+  and test CSV, extracted without gradient in eval mode (every rank extracts its share under
+  ``torch.distributed``; the features are gathered), then kNN top-1 and the collapse statistics.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from datasets.loader import loader_kwargs
+from engine import distributed
+
+
+def effective_rank(x: Tensor) -> float:
+    """exp(entropy of p), p = singular values of ``x [N, D]`` divided by their sum; in [1, min(N, D)].
+
+    0 for an all-zero matrix (no direction at all).
+    """
+    s = torch.linalg.svdvals(x.detach().double())  # [min(N,D)]
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def embedding_stats(z: Tensor) -> dict[str, float]:
+    """``{'erank', 'std'}`` of the rows of ``z [N, D]`` after L2 normalisation (see the module docstring)."""
+    zn = F.normalize(z.detach().float(), dim=1)  # [N,D]
+    return {"erank": effective_rank(zn), "std": zn.std(0).mean().item() if len(zn) > 1 else 0.0}
+
+
+def knn_top1(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, *, k: int = 20,
+             temperature: float = 0.07, chunk: int = 1024) -> float:
+    """Top-1 accuracy of the weighted kNN classifier (DINO's): ``train [N, D]``, ``test [Q, D]``, labels ``[N]``, ``[Q]``.
+
+    Features are L2-normalised; each test feature's ``min(k, N)`` most similar train features vote for
+    their class with weight ``exp(cosine / temperature)``; the class with the largest vote wins (ties:
+    the lower class index). Test features are scored ``chunk`` at a time.
+    """
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"kNN needs train and test features, got {len(train)} and {len(test)}")
+    train_n, test_n = F.normalize(train.float(), dim=1), F.normalize(test.float(), dim=1)
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    k = min(k, len(train))
+    right = 0
+    for start in range(0, len(test_n), chunk):
+        sim = test_n[start:start + chunk] @ train_n.T  # [q,N]
+        top, idx = sim.topk(k, dim=1)  # [q,k]
+        votes = torch.zeros(len(sim), classes).scatter_add_(1, train_labels[idx], (top / temperature).exp())  # [q,K]
+        right += int((votes.argmax(1) == test_labels[start:start + chunk]).sum())
+    return right / len(test_n)
+
+
+@torch.no_grad()
+def pooled_features(backbone: nn.Module, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Globally pooled last maps ``[N, C]`` (float32, CPU) of the clips of ``loader`` and their labels ``[N]``."""
+    feats, labels = [], []
+    for clips, y in loader:  # [b,3,T,H,W]
+        feats.append(backbone(clips.to(device, non_blocking=True))[2].mean(dim=(2, 3, 4)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    if not feats:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
+
+
+class KnnMonitor:
+    """kNN top-1 and collapse statistics of a backbone on labelled ``train_csv`` / ``test_csv`` videos.
+
+    One centred clip per video (``datasets.CentreClipDataset``: ``seq`` frames, ``img_dim`` pixels),
+    ``batch_size`` clips per forward pass, ``workers`` loader processes. Call it on every rank: each
+    extracts its share (videos ``rank::world_size``) and all features are gathered; every rank gets
+    the same result.
+    """
+
+    def __init__(self, train_csv: str, test_csv: str, *, seq: int, img_dim: int, batch_size: int, workers: int,
+                 k: int = 20, temperature: float = 0.07):
+        from datasets import CentreClipDataset
+
+        self.sets = {name: CentreClipDataset(csv_file, seq=seq, img_dim=img_dim)
+                     for name, csv_file in (("train", train_csv), ("test", test_csv))}
+        self.batch_size, self.workers, self.k, self.temperature = batch_size, workers, k, temperature
+
+    def _features(self, dataset, backbone: nn.Module, device: torch.device) -> tuple[Tensor, Tensor]:
+        rank, world = distributed.get_rank(), distributed.get_world_size()
+        share = list(range(rank, len(dataset), world))
+        loader = DataLoader(Subset(dataset, share), batch_size=self.batch_size, num_workers=self.workers,
+                            **loader_kwargs(self.workers))
+        feats, labels = pooled_features(backbone, loader, device)
+        parts = distributed.all_gather_object((share, feats, labels))  # every rank's share, in rank order
+        order = torch.tensor([i for indices, _, _ in parts for i in indices]).argsort()
+        return (torch.cat([f for _, f, _ in parts if len(f)])[order],
+                torch.cat([y for _, _, y in parts])[order])
+
+    def __call__(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
+        """``{'knn_top1', 'erank', 'std', 'width', 'seconds'}``; the backbone is left in the mode it was in."""
+        tic = time.perf_counter()
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            train, train_labels = self._features(self.sets["train"], backbone, device)
+            test, test_labels = self._features(self.sets["test"], backbone, device)
+        finally:
+            backbone.train(was_training)
+        stats = embedding_stats(torch.cat([train, test]))
+        return {"knn_top1": knn_top1(train, train_labels, test, test_labels, k=self.k, temperature=self.temperature),
+                "erank": stats["erank"], "std": stats["std"], "width": train.shape[1],
+                "seconds": time.perf_counter() - tic}
+
+
+def batch_health(out: dict[str, Tensor]) -> dict[str, float]:
+    """Collapse statistics of one training batch's embeddings: ``erank_<level>`` and ``std_<level>``.
+
+    Levels: the contrast embeddings ``high``, ``mid``, ``low`` (forward rows, clips a and b) and,
+    when the model returns it, ``pooled`` (the pooled backbone features of clips a and b).
+    """
+    batch = out["high"].shape[0]
+    health = {}
+    for level in ("high", "mid", "low", "pooled"):
+        if level in out:
+            stats = embedding_stats(out[level][:batch, :2].flatten(0, 1))  # [2B, C]
+            health.update({f"erank_{level}": stats["erank"], f"std_{level}": stats["std"]})
+    return health

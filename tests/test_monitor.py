@@ -1,0 +1,133 @@
+"""evaluation.monitor: effective rank, embedding spread, DINO-style kNN, the monitor on real clips (1 and 2 workers)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import CentreClipDataset, read_csv
+from datasets.demo import make_demo_data
+from datasets.index import write_csv
+from evaluation.monitor import KnnMonitor, batch_health, effective_rank, embedding_stats, knn_top1
+from models import build_backbone
+from tests.two_workers import run_on_two_workers
+
+
+def test_effective_rank_against_numpy_and_known_cases():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 8, generator=gen) @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.1, 0.01, 0.001]))
+    s = np.linalg.svd(x.double().numpy(), compute_uv=False)
+    p = s / s.sum()
+    assert effective_rank(x) == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)), rel=1e-9)
+    assert effective_rank(torch.eye(6)) == pytest.approx(6.0)
+    assert effective_rank(torch.ones(10, 4)) == pytest.approx(1.0)  # rank one: a complete collapse
+    assert effective_rank(torch.zeros(5, 3)) == 0.0
+
+
+def test_embedding_stats_normalise_rows_first():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(200, 16, generator=gen)
+    stats = embedding_stats(z * torch.rand(200, 1, generator=gen) * 100)  # row scale must not matter
+    zn = z / z.norm(dim=1, keepdim=True)
+    want_std = sum(float(np.std(zn[:, d].numpy(), ddof=1)) for d in range(16)) / 16
+    assert stats["std"] == pytest.approx(want_std, rel=1e-5)
+    assert stats["erank"] == pytest.approx(effective_rank(zn), rel=1e-6)
+    collapsed = embedding_stats(torch.ones(50, 16) + 1e-4 * torch.randn(50, 16, generator=gen))
+    assert collapsed["std"] < 1e-3 and collapsed["erank"] < 2
+
+
+def knn_loop(train, train_labels, test, k, temperature):
+    """DINO's weighted kNN written out one query at a time."""
+    preds = []
+    for q in test:
+        sims = [(float(torch.dot(q / q.norm(), t / t.norm())), int(y)) for t, y in zip(train, train_labels)]
+        sims.sort(key=lambda s: -s[0])
+        votes = {}
+        for sim, y in sims[:k]:
+            votes[y] = votes.get(y, 0.0) + math.exp(sim / temperature)
+        preds.append(max(sorted(votes), key=lambda c: votes[c]))
+    return preds
+
+
+def test_knn_matches_a_loop_and_uses_its_weights():
+    gen = torch.Generator().manual_seed(2)
+    centres = torch.randn(4, 6, generator=gen)
+    train_labels = torch.randint(0, 4, (60,), generator=gen)
+    test_labels = torch.randint(0, 4, (25,), generator=gen)
+    train = centres[train_labels] + 0.8 * torch.randn(60, 6, generator=gen)
+    test = centres[test_labels] + 0.8 * torch.randn(25, 6, generator=gen)
+    for k, temperature in ((20, 0.07), (5, 0.5), (100, 0.07)):
+        preds = knn_loop(train, train_labels, test, k, temperature)
+        want = sum(p == int(y) for p, y in zip(preds, test_labels)) / 25
+        assert knn_top1(train, train_labels, test, test_labels, k=k, temperature=temperature, chunk=7) == want
+    assert knn_top1(train, train_labels, test, test_labels) > 0.5  # separable clusters are found
+    # weights matter: one very close neighbour of class 1 outvotes two far ones of class 0 at a low temperature
+    memory = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    query = torch.tensor([[1.0, 0.05]])
+    assert knn_top1(memory, torch.tensor([1, 0, 0]), query, torch.tensor([1]), k=3, temperature=0.07) == 1.0
+    assert knn_top1(memory, torch.tensor([1, 0, 0]), query, torch.tensor([1]), k=3, temperature=100.0) == 0.0
+
+
+def test_batch_health_reads_forward_rows_of_clips_a_and_b():
+    gen = torch.Generator().manual_seed(3)
+    out = {"high": torch.randn(4, 3, 8, generator=gen), "mid": torch.randn(8, 3, 8, generator=gen),
+           "low": torch.randn(8, 3, 8, generator=gen)}
+    health = batch_health(out)
+    assert set(health) == {"erank_high", "std_high", "erank_mid", "std_mid", "erank_low", "std_low"}
+    assert health["erank_mid"] == pytest.approx(embedding_stats(out["mid"][:4, :2].flatten(0, 1))["erank"])
+
+
+SEQ, IMG = 8, 32
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = make_demo_data(tmp_path_factory.mktemp("monitor") / "demo", videos=12, frames=14, seed=2)
+    write_csv(root / "train5.csv", read_csv(root / "train.csv")[:5])  # odd: the two ranks get 3 and 2 videos
+    return root
+
+
+def _features(backbone, csv_file):
+    dataset = CentreClipDataset(csv_file, seq=SEQ, img_dim=IMG)
+    with torch.no_grad():
+        feats = torch.cat([backbone(dataset[i][0][None])[2].mean(dim=(2, 3, 4)) for i in range(len(dataset))])
+    return feats, torch.tensor([v.label for v in dataset.videos])
+
+
+def test_centre_clip_is_the_middle_of_the_video(demo):
+    dataset = CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG)
+    clip, label = dataset[0]
+    assert clip.shape == (3, SEQ, IMG, IMG) and label == dataset.videos[0].label
+    assert torch.equal(clip, dataset[0][0])  # deterministic
+
+
+def _monitor_worker(rank, root):
+    torch.manual_seed(0)
+    backbone = build_backbone("r3d18")
+    monitor = KnnMonitor(str(root / "train5.csv"), str(root / "test.csv"), seq=SEQ, img_dim=IMG, batch_size=2,
+                         workers=0)
+    result = monitor(backbone, torch.device("cpu"))
+    return {k: v for k, v in result.items() if k != "seconds"}
+
+
+def test_monitor_equals_features_clip_by_clip_and_two_workers_agree(demo, tmp_path):
+    torch.manual_seed(0)
+    backbone = build_backbone("r3d18")
+    backbone.train()
+    monitor = KnnMonitor(str(demo / "train5.csv"), str(demo / "test.csv"), seq=SEQ, img_dim=IMG, batch_size=2,
+                         workers=0)
+    got = monitor(backbone, torch.device("cpu"))
+    assert backbone.training  # the mode is restored
+    backbone.eval()
+    train, train_labels = _features(backbone, demo / "train5.csv")
+    test, test_labels = _features(backbone, demo / "test.csv")
+    assert got["knn_top1"] == knn_top1(train, train_labels, test, test_labels)
+    stats = embedding_stats(torch.cat([train, test]))
+    assert got["erank"] == pytest.approx(stats["erank"], rel=1e-4) and got["width"] == 512
+    assert got["std"] == pytest.approx(stats["std"], rel=1e-4)
+
+    two = run_on_two_workers(_monitor_worker, demo, tmp_path=tmp_path)
+    single = _monitor_worker(0, demo)
+    for result in two:
+        assert result["knn_top1"] == single["knn_top1"]
+        assert result["erank"] == pytest.approx(single["erank"], rel=1e-4)
