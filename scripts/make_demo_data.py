@@ -1,6 +1,13 @@
-"""Build a small synthetic, labelled frame-folder dataset whose classes differ only by motion.
+"""Build a synthetic, labelled frame-folder dataset whose classes differ only by motion.
 
-See ``datasets/demo.py`` for what is generated. Writes ``OUT/frames/...``, ``OUT/pretrain.csv``,
+    python scripts/make_demo_data.py --out data/demo                      # the demo (4 drift directions)
+    python scripts/make_demo_data.py --kind motion --out data/motion      # the motion benchmark (8 classes)
+
+``--kind shapes`` (the default): the small demo of ``train.py --demo`` (``datasets/demo.py``):
+shapes drifting left/right/up/down, all videos in ``pretrain.csv`` and a quarter in ``test.csv``.
+``--kind motion``: the benchmark of ``scripts/ablation.py`` (``datasets/motion_demo.py``):
+appearance drawn per video, so no single frame tells the class, classes in time-reversal pairs,
+separate unlabelled pretraining videos. Both write ``OUT/frames/...``, ``OUT/pretrain.csv``,
 ``OUT/train.csv``, ``OUT/test.csv`` and ``OUT/classes.txt``; a no-op when OUT already exists.
 """
 
@@ -12,14 +19,26 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.demo import CLASSES, make_demo_data
+from datasets.motion_demo import make_motion_data
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder to create (skipped if it exists)")
-    parser.add_argument("--videos", type=int, default=48,
-                        help=f"number of videos in all, spread over the {len(CLASSES)} classes (default 48)")
+    parser.add_argument("--kind", choices=("shapes", "motion"), default="shapes",
+                        help="the demo (shapes) or the motion benchmark (motion) (default shapes)")
     parser.add_argument("--frames", type=int, default=40, help="frames per video (default 40)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    shapes = parser.add_argument_group("--kind shapes")
+    shapes.add_argument("--videos", type=int, default=48,
+                        help=f"number of videos in all, spread over the {len(CLASSES)} classes (default 48)")
+    motion = parser.add_argument_group("--kind motion")
+    motion.add_argument("--size", type=int, default=48, help="frame width and height in pixels (default 48)")
+    motion.add_argument("--n_pretrain", type=int, default=320, help="unlabelled pretraining videos (default 320)")
+    motion.add_argument("--n_train", type=int, default=240, help="labelled train videos (default 240)")
+    motion.add_argument("--n_test", type=int, default=80, help="labelled test videos (default 80)")
+    motion.add_argument("--classes", type=int, default=8,
+                        help="number of classes, even: time-reversal pairs (default 8)")
     return parser.parse_args(argv)
 
 
@@ -27,7 +46,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     existed = args.out.exists()
     try:
-        out = make_demo_data(args.out, args.videos, args.frames, args.seed)
+        if args.kind == "shapes":
+            out = make_demo_data(args.out, args.videos, args.frames, args.seed)
+        else:
+            out = make_motion_data(args.out, seed=args.seed, size=args.size, frames=args.frames,
+                                   n_pretrain=args.n_pretrain, n_train=args.n_train, n_test=args.n_test,
+                                   classes=args.classes)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

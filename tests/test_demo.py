@@ -75,3 +75,17 @@ def test_cli(tmp_path):
     bad = subprocess.run(command[:3] + [str(tmp_path / "e"), "--videos", "3"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "need >= 8 videos" in bad.stderr
+
+
+def test_command_line_builds_the_motion_benchmark(tmp_path, capsys):
+    from scripts.make_demo_data import main
+
+    out = tmp_path / "motion"
+    assert main(["--kind", "motion", "--out", str(out), "--size", "16", "--frames", "5", "--n_pretrain", "3",
+                 "--n_train", "4", "--n_test", "2", "--classes", "2"]) == 0
+    assert "built" in capsys.readouterr().out
+    assert [len(read_csv(out / f"{split}.csv")) for split in ("pretrain", "train", "test")] == [3, 4, 2]
+    assert {r.label for r in read_csv(out / "train.csv", require_labels=True)} == {0, 1}
+    assert all(r.frames == 5 for r in read_csv(out / "pretrain.csv"))
+    assert main(["--kind", "motion", "--out", str(tmp_path / "bad"), "--classes", "3"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

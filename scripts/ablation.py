@@ -1,0 +1,234 @@
+"""Which MFO terms make the representation better? A CPU-scale ablation on the motion benchmark.
+
+    python scripts/ablation.py --out runs/ablation [--seeds 3] [--epoch 15] [--variants random inst full]
+
+For each variant and seed (a "cell"), pretrains r3d18 on the benchmark's unlabelled videos with
+``train.py`` for a fixed budget (the same flags for every variant but ``--terms``), then scores the
+backbone three ways on the labelled train/test videos:
+
+- ``probe``: the linear probe on cached pooled features (``eval_linear.py --features``), top-1;
+- ``knn``: the weighted kNN classifier on one centred clip per video (``evaluation.monitor``), top-1;
+- ``order``: the temporal-order accuracy of ``visualization/temporal_cam.py``'s order head;
+- ``erank``: the effective rank of the pooled features (collapse shows as a handful).
+
+Variants: ``random`` (no pretraining: the baseline), ``inst``, ``inst_motion``,
+``inst_motion_align``, ``inst_motion_align_proto``, ``full`` (all terms, graph from ``--split``).
+
+Writes ``OUT/ablation.md`` (mean ± std over seeds per variant and metric, with the exact flags)
+and ``OUT/ablation.png`` (grouped bars). Every cell's scores go to ``OUT/cells/<variant>_s<seed>/result.json``;
+a finished cell is never recomputed and an interrupted pretraining resumes (``--resume auto``), so
+the command can be re-run until the grid is complete. Checkpoints are removed once a cell is scored
+(``--keep_checkpoints`` keeps them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+import eval_linear
+import train
+from datasets.motion_demo import make_motion_data
+from engine.checkpoint import load_backbone
+from engine.files import atomic_write
+from evaluation.monitor import KnnMonitor
+from evaluation.report import write_json
+from models import build_backbone
+from visualization import temporal_cam
+
+VARIANTS = {
+    "random": None,
+    "inst": ["inst"],
+    "inst_motion": ["inst", "motion"],
+    "inst_motion_align": ["inst", "motion", "align"],
+    "inst_motion_align_proto": ["inst", "motion", "align", "proto"],
+    "full": ["inst", "motion", "align", "proto", "graph"],
+}
+METRICS = ("probe", "knn", "order", "erank")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="folder for the cells, ablation.md and ablation.png")
+    p.add_argument("--data", type=Path, default=None,
+                   help="motion benchmark folder (default: OUT/data, built with --data_seed if missing)")
+    p.add_argument("--data_seed", type=int, default=0, help="seed of the benchmark when it is built (default: 0)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="variants to run (default: all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant: 0 .. N-1 (default: 3)")
+    g = p.add_argument_group("pretraining budget (the same for every variant)")
+    g.add_argument("--epoch", type=int, default=15, help="pretraining epochs (default: 15)")
+    g.add_argument("--train_batch", type=int, default=16, help="videos per batch (default: 16)")
+    g.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
+    g.add_argument("--img_dim", type=int, default=32, help="crop size (default: 32)")
+    g.add_argument("--cluster", type=int, default=32, help="prototypes (default: 32)")
+    g.add_argument("--split", type=int, default=5, help="epoch from which the graph term is on (default: 5)")
+    g.add_argument("--queue_start", type=int, default=3, help="epoch from which the whole bank is used (default: 3)")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3, the paper's)")
+    g.add_argument("--train_args", default="",
+                   help="more train.py flags for every variant, quoted, e.g. \"--gray_p 0.2\" (default: none)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--probe_epochs", type=int, default=100, help="linear-probe epochs on cached features (default: 100)")
+    g.add_argument("--order_epochs", type=int, default=10, help="order-head epochs (default: 10)")
+    g.add_argument("--workers", type=int, default=0, help="data-loading processes (default: 0)")
+    g.add_argument("--keep_checkpoints", action="store_true", help="keep each cell's pretraining checkpoints")
+    args = p.parse_args(argv)
+    if args.seeds < 1 or args.epoch < 1:
+        p.error("--seeds and --epoch must be at least 1")
+    return args
+
+
+def pretrain_flags(args: argparse.Namespace, terms: list[str], seed: int, out_dir: Path, data: Path) -> list[str]:
+    """The train.py command line of one cell."""
+    return [
+        "--csv_file", str(data / "pretrain.csv"), "--out_dir", str(out_dir), "--seed", str(seed),
+        "--terms", *terms, "--seq", str(args.seq), "--img_dim", str(args.img_dim),
+        "--train_batch", str(args.train_batch), "--cluster", str(args.cluster), "--epoch", str(args.epoch),
+        "--split", str(args.split), "--queue_start", str(args.queue_start), "--lr_decay", str(args.epoch),
+        "--lr", str(args.lr), "--queue_size", "1024", "--save_every", "0", "--workers", str(args.workers),
+        *shlex.split(args.train_args),
+    ]
+
+
+def shared_flags(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, out_dir: Path) -> list[str]:
+    init = ["--pretrained", str(ckpt)] if ckpt else ["--random_init"]
+    return [*init, "--train_csv", str(data / "train.csv"), "--test_csv", str(data / "test.csv"),
+            "--seq", str(args.seq), "--img_dim", str(args.img_dim), "--workers", str(args.workers),
+            "--seed", str(seed), "--out_dir", str(out_dir)]
+
+
+def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, cell: Path) -> dict[str, float]:
+    """The four metrics of one backbone (``ckpt`` None: a random initialisation seeded by ``seed``)."""
+    classes = len((data / "classes.txt").read_text().split())
+    probe = eval_linear.main([*shared_flags(args, ckpt, seed, data, cell / "probe"), "--features",
+                              "--num_classes", str(classes), "--epochs", str(args.probe_epochs), "--schedule",
+                              "--batch_size", "64"])
+    order = temporal_cam.main([*shared_flags(args, ckpt, seed, data, cell / "order"), "--epochs",
+                               str(args.order_epochs), "--batch_size", "16", "--num_videos", "0"])
+    torch.manual_seed(seed)  # the random initialisation eval_linear.py and temporal_cam.py draw
+    backbone = build_backbone("r3d18")
+    if ckpt:
+        load_backbone(backbone, ckpt)
+    monitor = KnnMonitor(str(data / "train.csv"), str(data / "test.csv"), seq=args.seq, img_dim=args.img_dim,
+                         batch_size=32, workers=args.workers)
+    seen = monitor(backbone, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return {"probe": probe["top1"], "knn": seen["knn_top1"], "order": order["order_accuracy"], "erank": seen["erank"]}
+
+
+def run_cell(args: argparse.Namespace, variant: str, seed: int, data: Path) -> dict:
+    """Pretrain (unless ``random``) and score one cell; reuse its result.json when present."""
+    cell = args.out / "cells" / f"{variant}_s{seed}"
+    result_file = cell / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    terms = VARIANTS[variant]
+    tic = time.perf_counter()
+    ckpt, flags = None, []
+    if terms is not None:
+        flags = pretrain_flags(args, terms, seed, cell / "pretrain", data)
+        ckpt = cell / "pretrain" / "last.pth"
+        state = torch.load(ckpt, weights_only=True, map_location="cpu") if ckpt.is_file() else None
+        if state is None or state["epoch"] < args.epoch:  # not finished: start or continue
+            train.main([*flags, "--resume", "auto"])
+    pretrain_seconds = time.perf_counter() - tic
+    result = {"variant": variant, "seed": seed, "train_flags": flags, "pretrain_seconds": pretrain_seconds,
+              **score(args, ckpt, seed, data, cell)}
+    write_json(result, result_file)
+    if ckpt is not None and not args.keep_checkpoints:
+        for path in (cell / "pretrain").glob("*.pth"):
+            path.unlink()
+    for folder in ("probe", "order"):  # cached features, heads: only the scores are needed
+        shutil.rmtree(cell / folder, ignore_errors=True)
+    return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(results: list[dict], args: argparse.Namespace) -> str:
+    """``ablation.md``: one row per variant, mean ± std over seeds, and the flags of the rows."""
+    names = {"probe": "linear probe top-1 (%)", "knn": "kNN top-1 (%)", "order": "order accuracy (%)",
+             "erank": "effective rank"}
+    lines = ["| variant (`--terms`) | seeds | " + " | ".join(names[m] for m in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]
+    for variant in VARIANTS:
+        rows = [r for r in results if r["variant"] == variant]
+        if not rows:
+            continue
+        cells = []
+        for metric in METRICS:
+            scale = 1 if metric == "erank" else 100
+            mean, std = mean_std([scale * r[metric] for r in rows])
+            cells.append(f"{mean:.1f} ± {std:.1f}")
+        terms = "random init" if VARIANTS[variant] is None else " ".join(VARIANTS[variant])
+        lines.append(f"| {variant} ({terms}) | {len(rows)} | " + " | ".join(cells) + " |")
+    example = next((r["train_flags"] for r in results if r["train_flags"]), [])
+    lines += ["", f"Chance: {100 / len((Path(args.data) / 'classes.txt').read_text().split()):.1f} % top-1, 50 % order.",
+              "", "Pretraining command of a cell (`--terms` and `--seed` vary):", "",
+              "    python train.py " + " ".join(shlex.quote(f) for f in example),
+              "", f"Evaluation: linear probe on cached features for {args.probe_epochs} epochs; kNN k=20, T=0.07 on "
+              f"one centred clip per video; order head {args.order_epochs} epochs.",
+              "", "Command: `python scripts/ablation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`", ""]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        rows = [r for r in results if r["variant"] == variant]
+        stats = [mean_std([100 * r[m] for r in rows]) for m in METRICS[:3]]
+        axes[0].bar([k + i * width for k in range(3)], [s[0] for s in stats], width, yerr=[s[1] for s in stats],
+                    label=variant, capsize=2)
+        mean, std = mean_std([r["erank"] for r in rows])
+        axes[1].bar(i, mean, 0.8, yerr=std, capsize=2)
+    axes[0].set_xticks([k + 0.4 - width / 2 for k in range(3)], ["linear probe", "kNN", "temporal order"])
+    axes[0].set_ylabel("accuracy (%), mean ± std over seeds")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xticks(range(len(variants)), variants, rotation=60, fontsize=7)
+    axes[1].set_ylabel("effective rank of pooled features")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.data = args.data or args.out / "data"
+    data = make_motion_data(args.data, seed=args.data_seed)
+    cells = [(variant, seed) for variant in args.variants for seed in range(args.seeds)]
+    results = []
+    for k, (variant, seed) in enumerate(cells):
+        print(f"[ablation] cell {k + 1}/{len(cells)}: {variant}, seed {seed}", flush=True)
+        results.append(run_cell(args, variant, seed, data))
+        r = results[-1]
+        print(f"[ablation] {variant} seed {seed}: probe {100 * r['probe']:.1f}%, kNN {100 * r['knn']:.1f}%, "
+              f"order {100 * r['order']:.1f}%, effective rank {r['erank']:.1f}", flush=True)
+    text = table(results, args)
+    with atomic_write(args.out / "ablation.md", "w") as f:
+        f.write(text)
+    plot(results, args.out / "ablation.png")
+    print(text)
+    print(f"-> {args.out / 'ablation.md'}, {args.out / 'ablation.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""scripts/ablation.py on a tiny grid: cells, the table and the plot, and a re-run that recomputes nothing."""
+import json
+
+import pytest
+
+from datasets.motion_demo import make_motion_data
+from scripts import ablation
+
+TINY = ["--seeds", "1", "--epoch", "1", "--train_batch", "4", "--seq", "8", "--img_dim", "32", "--cluster", "4",
+        "--split", "1", "--queue_start", "1", "--probe_epochs", "2", "--order_epochs", "1",
+        "--train_args", "--channel 16 --queue_size 16"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_motion_data(tmp_path_factory.mktemp("ablation") / "motion", seed=0, size=32, frames=18,
+                            n_pretrain=8, n_train=8, n_test=4, classes=2)
+
+
+def test_grid_table_plot_and_no_recomputation(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "grid"
+    argv = ["--out", str(out), "--data", str(data), "--variants", "random", "inst", *TINY]
+    assert ablation.main(argv + ["--keep_checkpoints"]) == 0
+    cells = {p.parent.name: json.loads(p.read_text()) for p in (out / "cells").glob("*/result.json")}
+    assert set(cells) == {"random_s0", "inst_s0"}
+    for result in cells.values():
+        assert 0.0 <= result["probe"] <= 1.0 and 0.0 <= result["knn"] <= 1.0 and 0.0 <= result["order"] <= 1.0
+        assert 1.0 <= result["erank"] <= 512
+    assert cells["random_s0"]["train_flags"] == []
+    flags = cells["inst_s0"]["train_flags"]
+    assert flags[flags.index("--terms") + 1] == "inst" and flags[flags.index("--terms") + 2] == "--seq"
+    table = (out / "ablation.md").read_text()
+    assert "| random (random init) | 1 |" in table and "| inst (inst) | 1 |" in table
+    probe = 100 * cells["inst_s0"]["probe"]
+    assert f"| inst (inst) | 1 | {probe:.1f} ± 0.0 |" in table
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a finished cell is never recomputed; a cell whose pretraining finished is only re-scored
+    def no_training(argv):
+        raise AssertionError("pretraining ran again")
+
+    monkeypatch.setattr(ablation.train, "main", no_training)
+    (out / "cells" / "inst_s0" / "result.json").unlink()
+    calls = []
+    real_score = ablation.score
+    monkeypatch.setattr(ablation, "score", lambda *a: calls.append(a[2]) or real_score(*a))
+    assert ablation.main(argv) == 0
+    assert calls == [0]  # only the cell without result.json was scored again, from its kept checkpoint
+    assert json.loads((out / "cells" / "inst_s0" / "result.json").read_text())["probe"] == pytest.approx(
+        cells["inst_s0"]["probe"])
+    assert not list((out / "cells" / "inst_s0" / "pretrain").glob("*.pth"))  # removed once scored
