@@ -1,0 +1,229 @@
+"""Decoding frames of a video file (mp4, avi, mkv, webm) with PyAV: the counterpart of ``datasets.frames``.
+
+Frame index i of a video is its i-th decoded frame, the frame ``scripts/extract_frames.py`` writes
+as ``image_{i+1:05d}.jpg``. Opening a video reads its packets once (demuxing only, no decoding:
+about 2 ms for 10 s of 456x256 H.264) and numbers them by presentation time: frame i is the frame
+of the packet with the i-th smallest timestamp. No frame rate is assumed, so variable-frame-rate
+files are read right; container frame counts, often wrong, are not used.
+
+Reading a set of indices seeks to the keyframe at or before the first one, decodes forward and
+converts only the needed frames to RGB; it seeks again only when a later needed frame lies past
+another keyframe (skipping the frames in between), or for an index behind the decoder. Each
+decoded frame's timestamp is checked against the packet numbering, so a damaged file, a file
+shorter than its CSV row says or a seek that lands on the wrong frame raises ``VideoDecodeError``
+(a ``FrameDecodeError``) naming the file and the frame index, never a wrong frame.
+
+The decoder runs one thread: a DataLoader already runs one worker per core, so decoder threads
+would compete for the same cores, and FFmpeg's frame threading holds back one frame per thread,
+work that each seek throws away. Colour conversion goes through one ``VideoReformatter`` per
+open video, which keeps swscale's context between frames (a new context per frame, as
+``VideoFrame.reformat`` makes, costs more than the conversion itself). Frames are converted at
+full size, or at the 1/2, 1/4, 1/8 size that ``datasets.frames`` decodes a JPEG at for the same
+crops (so both paths crop the same pixels): swscale's unscaled YUV -> RGB path is its fastest, and
+a reduced size pays off only from about 1/4 on.
+"""
+
+import bisect
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import av
+import torch
+from av.video.reformatter import VideoReformatter
+
+from datasets.frames import FrameDecodeError, _jpeg_scale
+
+
+class VideoDecodeError(FrameDecodeError):
+    """A video file cannot be opened or one of its frames cannot be decoded; ``.path`` names the
+    file, ``.index`` the 0-based frame (None when the whole file is unreadable)."""
+
+    def __init__(self, path, index: int | None, reason: str):
+        self.path, self.index = Path(path), index
+        where = f"video {self.path}" if index is None else f"frame {index} of video {self.path}"
+        OSError.__init__(self, f"cannot decode {where}: {reason}; re-encode or replace this video, or drop "
+                               "it from the CSV (scripts/make_csv.py videos checks every video)")
+
+
+class VideoReader:
+    """An open video file: its frames numbered by presentation time, read by index.
+
+    Use as a context manager (it closes the file). ``frames`` is the number of frames the packets
+    promise; ``size`` the (width, height) of the stream.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.container = av.open(str(self.path))
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise VideoDecodeError(self.path, None, f"cannot open it ({error})") from error
+        try:
+            if not self.container.streams.video:
+                raise VideoDecodeError(self.path, None, "it has no video stream")
+            self.stream = stream = self.container.streams.video[0]
+            stream.codec_context.thread_count = 1  # one worker per core already (module docstring)
+            self.size = (stream.codec_context.width, stream.codec_context.height)
+            if min(self.size) < 1:
+                raise VideoDecodeError(self.path, None, "its video stream has no frame size")
+            self._number_packets()
+        except BaseException:
+            self.container.close()
+            raise
+        self.reformatter = VideoReformatter()
+        self._frames = None  # decoding generator after the last seek
+        self._position = -1  # index of the last frame it gave
+        self._base = 0  # keyframe index of the last seek: frames before it may lack references
+
+    def _number_packets(self) -> None:
+        """``self.pts[i]``: timestamp of frame i; ``self.keys``: indices of keyframes, ascending."""
+        packets, self.damage = [], None
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.size and not packet.is_discard:
+                    if packet.pts is None:
+                        raise VideoDecodeError(self.path, len(packets), "a packet has no timestamp")
+                    packets.append((packet.pts, packet.is_keyframe))
+        except av.FFmpegError as error:  # truncated or damaged: the frames before it remain readable
+            self.damage = f"the file is damaged after {len(packets)} packets ({error})"
+        packets.sort()
+        self.pts = [pts for pts, _ in packets]
+        if len(set(self.pts)) != len(self.pts):
+            raise VideoDecodeError(self.path, None, "two packets share a timestamp, so frames cannot be numbered")
+        self.index = {pts: i for i, pts in enumerate(self.pts)}
+        self.keys = [i for i, (_, key) in enumerate(packets) if key]
+        self.frames = len(self.pts)
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._frames = None
+        self.container.close()
+
+    def output_size(self, need: tuple[int, int] | None) -> tuple[int, int]:
+        """(w, h) frames are converted at for crops needing ``need`` pixels: the JPEG path's size."""
+        scale = 1 if need is None else _jpeg_scale(self.size, need)
+        return -(-self.size[0] // scale), -(-self.size[1] // scale)
+
+    def _seek(self, key: int) -> None:
+        """Restart decoding at the keyframe ``key`` (an index of ``self.keys``' list) or before."""
+        self.container.seek(self.pts[key], stream=self.stream, backward=True)
+        self._frames = self.container.decode(self.stream)
+        self._position, self._base = -1, key
+
+    def _next(self, target: int):
+        """The next decoded frame and its index, or (None, None) at the end of the stream; a
+        VideoDecodeError naming ``target`` if the decoder fails or the frame's timestamp is unknown."""
+        try:
+            frame = next(self._frames, None)
+        except (av.FFmpegError, OSError) as error:
+            raise VideoDecodeError(self.path, target, f"the decoder failed ({error})") from error
+        if frame is None:
+            return None, None
+        index = self.index.get(frame.pts)
+        if index is None:
+            raise VideoDecodeError(self.path, target, f"a decoded frame has timestamp {frame.pts}, which no "
+                                   "packet has (irregular timestamps)")
+        return frame, index
+
+    def decode_to(self, target: int, keep) -> Iterator[tuple[int, "av.VideoFrame"]]:
+        """Decode up to frame ``target``, yielding ``(index, frame)`` for it and for each frame on the
+        way for which ``keep(index)`` is true. Seeks when ``target`` is behind the decoder or past
+        a keyframe it has not reached."""
+        if target >= self.frames:
+            reason = f"the video has {self.frames} frames" + (f" ({self.damage})" if self.damage else "")
+            raise VideoDecodeError(self.path, target, f"{reason}; is its CSV row's frame count right? "
+                                   "Rebuild the CSV with scripts/make_csv.py videos")
+        key = self.keys[max(bisect.bisect_right(self.keys, target) - 1, 0)] if self.keys else 0
+        if self._frames is None or target <= self._position or key > self._position + 1:
+            self._seek(key)
+        retried = False
+        while True:
+            frame, index = self._next(target)
+            if frame is None:
+                raise VideoDecodeError(self.path, target, f"the stream ends after frame {self._position}"
+                                       + (f"; {self.damage}" if self.damage else ""))
+            if index > target and self._position < target:  # the seek landed past the target
+                if retried or self._base == 0:
+                    raise VideoDecodeError(self.path, target, f"decoding gives frame {index} where frame "
+                                           f"{target} should come (irregular timestamps or a bad seek)")
+                self._seek(0)  # decode from the start instead
+                retried = True
+                continue
+            self._position = max(self._position, index)
+            if index == target:
+                yield index, frame
+                return
+            if index >= self._base and keep(index):
+                yield index, frame
+
+    def to_rgb(self, frame, size: tuple[int, int]) -> torch.Tensor:
+        """``frame`` as RGB uint8 ``[H, W, 3]`` of ``size`` = (w, h)."""
+        if (frame.width, frame.height) == size:
+            rgb = self.reformatter.reformat(frame, format="rgb24")
+        else:
+            rgb = self.reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24",
+                                            interpolation="AREA")
+        return torch.from_numpy(rgb.to_ndarray())
+
+
+def frame_size(path) -> tuple[int, int]:
+    """(width, height) of a video's frames, from its stream header."""
+    with VideoReader(path) as video:
+        return video.size
+
+
+def iter_frames(path, indices: Sequence[int], need: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+    """Frames ``indices`` (0-based, may repeat, any order) of a video file in turn, each uint8 ``[H, W, 3]``.
+
+    As ``datasets.frames.iter_frames``: each distinct frame is decoded once and kept only until its
+    last use; with ``need`` = (w, h), frames come at the reduced size (1/2, 1/4, 1/8) a JPEG would
+    be decoded at. The file is open while the iterator runs.
+    """
+    last_use = {index: position for position, index in enumerate(indices)}
+    kept: dict[int, torch.Tensor] = {}
+    with VideoReader(path) as video:
+        size = video.output_size(need)
+        for position, index in enumerate(indices):
+            if index not in kept:
+                for got, frame in video.decode_to(index, lambda i: i not in kept and last_use.get(i, -1) > position):
+                    kept[got] = video.to_rgb(frame, size)
+            image = kept[index]
+            if last_use[index] == position:
+                del kept[index]
+            yield image
+
+
+def read_frames(path, indices: Sequence[int], need: tuple[int, int] | None = None) -> torch.Tensor:
+    """``iter_frames`` stacked: uint8 ``[N, H, W, 3]``."""
+    return torch.stack(list(iter_frames(path, indices, need)))
+
+
+def count_frames(path) -> int:
+    """Number of frames a full decode of ``path`` gives, checked against the packet numbering.
+
+    Every frame is decoded (not converted): container headers often give a wrong count or none.
+    Raises ``VideoDecodeError`` when the file cannot be opened, has no video stream or no frames,
+    fails to decode, or when the decoded frames' timestamps do not follow the packets' (then
+    reading by index could give other frames than a sequential decode: extract its frames instead).
+    """
+    with VideoReader(path) as video:
+        if video.damage:
+            raise VideoDecodeError(path, None, video.damage)
+        video._seek(0)
+        count = 0
+        while (frame := video._next(count)[0]) is not None:
+            if count >= video.frames or frame.pts != video.pts[count]:
+                raise VideoDecodeError(path, count, "decoded timestamps do not follow the packets' (frame "
+                                       f"{count} has {frame.pts}), so frames cannot be read by index; "
+                                       "extract its frames with scripts/extract_frames.py")
+            count += 1
+        if count == 0:
+            raise VideoDecodeError(path, None, "no frames decoded")
+        if count != video.frames:
+            raise VideoDecodeError(path, count, f"{video.frames} packets but only {count} decoded frames")
+        return count
