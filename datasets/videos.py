@@ -38,11 +38,11 @@ class VideoDecodeError(FrameDecodeError):
     """A video file cannot be opened or one of its frames cannot be decoded; ``.path`` names the
     file, ``.index`` the 0-based frame (None when the whole file is unreadable)."""
 
-    def __init__(self, path, index: int | None, reason: str):
+    def __init__(self, path, index: int | None, reason: str,
+                 advice: str = "re-encode or replace this video, or drop it from the CSV"):
         self.path, self.index = Path(path), index
         where = f"video {self.path}" if index is None else f"frame {index} of video {self.path}"
-        OSError.__init__(self, f"cannot decode {where}: {reason}; re-encode or replace this video, or drop "
-                               "it from the CSV (scripts/make_csv.py videos checks every video)")
+        OSError.__init__(self, f"cannot decode {where}: {reason}; {advice}")
 
 
 class VideoReader:
@@ -136,8 +136,8 @@ class VideoReader:
         a keyframe it has not reached."""
         if target >= self.frames:
             reason = f"the video has {self.frames} frames" + (f" ({self.damage})" if self.damage else "")
-            raise VideoDecodeError(self.path, target, f"{reason}; is its CSV row's frame count right? "
-                                   "Rebuild the CSV with scripts/make_csv.py videos")
+            raise VideoDecodeError(self.path, target, reason, "its CSV row's frame count is wrong: rebuild the "
+                                   "CSV with scripts/make_csv.py videos")
         key = self.keys[max(bisect.bisect_right(self.keys, target) - 1, 0)] if self.keys else 0
         if self._frames is None or target <= self._position or key > self._position + 1:
             self._seek(key)
@@ -219,8 +219,8 @@ def count_frames(path) -> int:
         while (frame := video._next(count)[0]) is not None:
             if count >= video.frames or frame.pts != video.pts[count]:
                 raise VideoDecodeError(path, count, "decoded timestamps do not follow the packets' (frame "
-                                       f"{count} has {frame.pts}), so frames cannot be read by index; "
-                                       "extract its frames with scripts/extract_frames.py")
+                                       f"{count} has {frame.pts}), so frames cannot be read by index",
+                                       "extract its frames with scripts/extract_frames.py, or re-encode it")
             count += 1
         if count == 0:
             raise VideoDecodeError(path, None, "no frames decoded")
