@@ -2,7 +2,7 @@
 
 ``frame_size``, ``iter_frames`` and ``read_frames`` also take a video file (a path with a video
 extension, see ``datasets.index.is_video_file``) and hand it to ``datasets.videos``, which gives
-the same frames (index i = ``image_{i+1:05d}.jpg`` of its extraction) at the same sizes.
+the same frames (index i = ``image_{i+1:05d}.jpg`` of its extraction), always at full size.
 
 Full-size JPEGs go through torchvision's decoder (libjpeg-turbo, like PIL, but it writes RGB
 straight into a tensor: about 10-20% less time per frame than PIL's open + decode + copy);
@@ -116,7 +116,7 @@ def iter_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = N
     at a time. With ``need`` = (w, h), frames are decoded at the reduced JPEG scale (1/2, 1/4,
     1/8) that keeps at least that many pixels, when the frames (size read from the first one's
     header) are large enough for one; otherwise at full size. All frames must have one size.
-    A video file is read by ``datasets.videos.iter_frames``, with the same rules.
+    A video file is read by ``datasets.videos.iter_frames``: the same frames, at full size.
     """
     folder = Path(folder)
     if is_video_file(folder):

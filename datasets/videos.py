@@ -18,9 +18,11 @@ would compete for the same cores, and FFmpeg's frame threading holds back one fr
 work that each seek throws away. Colour conversion goes through one ``VideoReformatter`` per
 open video, which keeps swscale's context between frames (a new context per frame, as
 ``VideoFrame.reformat`` makes, costs more than the conversion itself). Frames are converted at
-full size, or at the 1/2, 1/4, 1/8 size that ``datasets.frames`` decodes a JPEG at for the same
-crops (so both paths crop the same pixels): swscale's unscaled YUV -> RGB path is its fastest, and
-a reduced size pays off only from about 1/4 on.
+full size, whatever the crops need: swscale's unscaled YUV -> RGB path is its fastest (at
+456x256, converting at 1/2 size took 1.5x as long, at 1/4 as long as at full size) and its scaled
+path shifts colours by about one level. The crops are then cut from full frames, as
+``datasets.frames`` does whenever a JPEG cannot be decoded at reduced scale (the paper's
+configuration: 112-pixel crops from 320x240 frames).
 """
 
 import bisect
@@ -31,7 +33,7 @@ import av
 import torch
 from av.video.reformatter import VideoReformatter
 
-from datasets.frames import FrameDecodeError, _jpeg_scale
+from datasets.frames import FrameDecodeError
 
 
 class VideoDecodeError(FrameDecodeError):
@@ -104,11 +106,6 @@ class VideoReader:
         self._frames = None
         self.container.close()
 
-    def output_size(self, need: tuple[int, int] | None) -> tuple[int, int]:
-        """(w, h) frames are converted at for crops needing ``need`` pixels: the JPEG path's size."""
-        scale = 1 if need is None else _jpeg_scale(self.size, need)
-        return -(-self.size[0] // scale), -(-self.size[1] // scale)
-
     def _seek(self, key: int) -> None:
         """Restart decoding at the keyframe ``key`` (an index of ``self.keys``' list) or before."""
         self.container.seek(self.pts[key], stream=self.stream, backward=True)
@@ -161,13 +158,9 @@ class VideoReader:
             if index >= self._base and keep(index):
                 yield index, frame
 
-    def to_rgb(self, frame, size: tuple[int, int]) -> torch.Tensor:
-        """``frame`` as RGB uint8 ``[H, W, 3]`` of ``size`` = (w, h)."""
-        if (frame.width, frame.height) == size:
-            rgb = self.reformatter.reformat(frame, format="rgb24")
-        else:
-            rgb = self.reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24",
-                                            interpolation="AREA")
+    def to_rgb(self, frame) -> torch.Tensor:
+        """``frame`` as RGB uint8 ``[H, W, 3]`` at the stream's frame size."""
+        rgb = self.reformatter.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24")
         return torch.from_numpy(rgb.to_ndarray())
 
 
@@ -181,17 +174,16 @@ def iter_frames(path, indices: Sequence[int], need: tuple[int, int] | None = Non
     """Frames ``indices`` (0-based, may repeat, any order) of a video file in turn, each uint8 ``[H, W, 3]``.
 
     As ``datasets.frames.iter_frames``: each distinct frame is decoded once and kept only until its
-    last use; with ``need`` = (w, h), frames come at the reduced size (1/2, 1/4, 1/8) a JPEG would
-    be decoded at. The file is open while the iterator runs.
+    last use. ``need`` is accepted for the same signature; frames always come at full size (see the
+    module docstring). The file is open while the iterator runs.
     """
     last_use = {index: position for position, index in enumerate(indices)}
     kept: dict[int, torch.Tensor] = {}
     with VideoReader(path) as video:
-        size = video.output_size(need)
         for position, index in enumerate(indices):
             if index not in kept:
                 for got, frame in video.decode_to(index, lambda i: i not in kept and last_use.get(i, -1) > position):
-                    kept[got] = video.to_rgb(frame, size)
+                    kept[got] = video.to_rgb(frame)
             image = kept[index]
             if last_use[index] == position:
                 del kept[index]
