@@ -11,7 +11,7 @@ import importlib
 _HOMES = {
     "PretrainDataset": "datasets.pretrain",
     "ClipDataset": "datasets.clips",
-    "FrameDecodeError": "datasets.frames",
+    "FrameDecodeError": "datasets.index",
     "VideoDecodeError": "datasets.videos",
     "DataError": "datasets.index",
     "VideoRecord": "datasets.index",

@@ -25,20 +25,10 @@ try:  # torchvision's JPEG decoder (its Python wrapper, deprecated since torchvi
 except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - a torchvision without it
     _decode_jpeg = None  # PIL decodes everything
 
-from datasets.index import frame_name, is_video_file
+from datasets.index import FrameDecodeError, frame_name, is_video_file
 
 # A crop box as fractions of the frame: (left, top, right, bottom), each in [0, 1].
 Box = tuple[float, float, float, float]
-
-
-class FrameDecodeError(OSError):
-    """A frame file is missing or cannot be decoded; ``.path`` names it. Its subclass
-    ``datasets.videos.VideoDecodeError`` is raised for video files."""
-
-    def __init__(self, path, reason: str):
-        self.path = Path(path)
-        super().__init__(f"cannot decode frame {self.path}: {reason}; re-extract this video "
-                         "with scripts/extract_frames.py or drop it from the CSV")
 
 
 def frame_size(folder, index: int = 0) -> tuple[int, int]:

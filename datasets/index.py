@@ -25,6 +25,17 @@ class DataError(ValueError):
     """A data file (CSV, split list, frame folder) is malformed; the message says where and why."""
 
 
+class FrameDecodeError(OSError):
+    """A frame file is missing or cannot be decoded; ``.path`` names it. Its subclass
+    ``datasets.videos.VideoDecodeError`` is raised for video files. (Defined here, beside
+    ``DataError``, so that torch-free code can catch it; ``datasets.frames`` raises it.)"""
+
+    def __init__(self, path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"cannot decode frame {self.path}: {reason}; re-extract this video "
+                         "with scripts/extract_frames.py or drop it from the CSV")
+
+
 class VideoRecord(NamedTuple):
     """One row of an index: a frame folder or video file, its number of frames and its label (or None)."""
 

@@ -1,5 +1,8 @@
 """Decoding frames of a video file (mp4, avi, mkv, webm) with PyAV: the counterpart of ``datasets.frames``.
 
+torch is imported by the functions that return tensors, so that counting frames
+(``count_frames``, run by ``scripts/make_csv.py``'s worker processes) does not load it.
+
 Frame index i of a video is its i-th decoded frame, the frame ``scripts/extract_frames.py`` writes
 as ``image_{i+1:05d}.jpg``. Opening a video reads its packets once (demuxing only, no decoding:
 about 2 ms for 10 s of 456x256 H.264) and numbers them by presentation time: frame i is the frame
@@ -27,22 +30,25 @@ configuration: 112-pixel crops from 320x240 frames).
 
 import bisect
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import av
-import torch
 from av.video.reformatter import VideoReformatter
 
-from datasets.frames import FrameDecodeError
+from datasets.index import FrameDecodeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 class VideoDecodeError(FrameDecodeError):
     """A video file cannot be opened or one of its frames cannot be decoded; ``.path`` names the
-    file, ``.index`` the 0-based frame (None when the whole file is unreadable)."""
+    file, ``.index`` the 0-based frame (None when the whole file is unreadable), ``.reason`` why."""
 
     def __init__(self, path, index: int | None, reason: str,
                  advice: str = "re-encode or replace this video, or drop it from the CSV"):
-        self.path, self.index = Path(path), index
+        self.path, self.index, self.reason = Path(path), index, reason
         where = f"video {self.path}" if index is None else f"frame {index} of video {self.path}"
         OSError.__init__(self, f"cannot decode {where}: {reason}; {advice}")
 
@@ -158,10 +164,10 @@ class VideoReader:
             if index >= self._base and keep(index):
                 yield index, frame
 
-    def to_rgb(self, frame) -> torch.Tensor:
-        """``frame`` as RGB uint8 ``[H, W, 3]`` at the stream's frame size."""
-        rgb = self.reformatter.reformat(frame, width=self.size[0], height=self.size[1], format="rgb24")
-        return torch.from_numpy(rgb.to_ndarray())
+    def to_rgb(self, frame) -> "np.ndarray":
+        """``frame`` as RGB uint8 ``[H, W, 3]`` at the stream's frame size (a new, writable array)."""
+        width, height = self.size
+        return self.reformatter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
 
 
 def frame_size(path) -> tuple[int, int]:
@@ -170,28 +176,33 @@ def frame_size(path) -> tuple[int, int]:
         return video.size
 
 
-def iter_frames(path, indices: Sequence[int], need: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+def iter_frames(path, indices: Sequence[int], need: tuple[int, int] | None = None) -> Iterator["torch.Tensor"]:
     """Frames ``indices`` (0-based, may repeat, any order) of a video file in turn, each uint8 ``[H, W, 3]``.
 
     As ``datasets.frames.iter_frames``: each distinct frame is decoded once and kept only until its
     last use. ``need`` is accepted for the same signature; frames always come at full size (see the
     module docstring). The file is open while the iterator runs.
     """
+    import torch
+
     last_use = {index: position for position, index in enumerate(indices)}
     kept: dict[int, torch.Tensor] = {}
     with VideoReader(path) as video:
         for position, index in enumerate(indices):
             if index not in kept:
-                for got, frame in video.decode_to(index, lambda i: i not in kept and last_use.get(i, -1) > position):
-                    kept[got] = video.to_rgb(frame)
+                wanted = lambda i: i not in kept and last_use.get(i, -1) > position  # noqa: E731 (needed later)
+                for got, frame in video.decode_to(index, wanted):
+                    kept[got] = torch.from_numpy(video.to_rgb(frame))
             image = kept[index]
             if last_use[index] == position:
                 del kept[index]
             yield image
 
 
-def read_frames(path, indices: Sequence[int], need: tuple[int, int] | None = None) -> torch.Tensor:
+def read_frames(path, indices: Sequence[int], need: tuple[int, int] | None = None) -> "torch.Tensor":
     """``iter_frames`` stacked: uint8 ``[N, H, W, 3]``."""
+    import torch
+
     return torch.stack(list(iter_frames(path, indices, need)))
 
 
