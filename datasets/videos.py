@@ -79,6 +79,7 @@ class VideoReader:
             self.container.close()
             raise
         self.reformatter = VideoReformatter()
+        self._wanted = lambda index: True  # frames the decoder must give (others it may skip)
         self._frames = None  # decoding generator after the last seek
         self._position = -1  # index of the last frame it gave
         self._base = 0  # keyframe index of the last seek: frames before it may lack references
@@ -113,10 +114,22 @@ class VideoReader:
         self.container.close()
 
     def _seek(self, key: int) -> None:
-        """Restart decoding at the keyframe ``key`` (an index of ``self.keys``' list) or before."""
+        """Restart decoding at the keyframe ``key`` (a frame index) or before."""
         self.container.seek(self.pts[key], stream=self.stream, backward=True)
-        self._frames = self.container.decode(self.stream)
+        self._frames = self._decode()
         self._position, self._base = -1, key
+
+    def _decode(self) -> Iterator["av.VideoFrame"]:
+        """Decoded frames from the demuxer's position on, fed packet by packet: the packet of a frame
+        that ``self._wanted`` rejects is decoded with ``skip_frame = NONREF``, so a frame that no
+        other frame references is not decoded at all (libavcodec's H.264, MPEG-4, VP8/VP9 decoders
+        honour it; others decode everything). Reference frames are always decoded, so the frames
+        that are kept do not change."""
+        context = self.stream.codec_context
+        for packet in self.container.demux(self.stream):
+            index = self.index.get(packet.pts) if packet.size else None
+            context.skip_frame = "NONREF" if index is not None and not self._wanted(index) else "DEFAULT"
+            yield from context.decode(packet)
 
     def _next(self, target: int):
         """The next decoded frame and its index, or (None, None) at the end of the stream; a
@@ -142,6 +155,7 @@ class VideoReader:
             raise VideoDecodeError(self.path, target, reason, "its CSV row's frame count is wrong: rebuild the "
                                    "CSV with scripts/make_csv.py videos")
         key = self.keys[max(bisect.bisect_right(self.keys, target) - 1, 0)] if self.keys else 0
+        self._wanted = lambda index: index == target or keep(index)
         if self._frames is None or target <= self._position or key > self._position + 1:
             self._seek(key)
         retried = False
@@ -154,7 +168,8 @@ class VideoReader:
                 if retried or self._base == 0:
                     raise VideoDecodeError(self.path, target, f"decoding gives frame {index} where frame "
                                            f"{target} should come (irregular timestamps or a bad seek)")
-                self._seek(0)  # decode from the start instead
+                self._seek(0)  # decode everything from the start instead
+                self._wanted = lambda index: True
                 retried = True
                 continue
             self._position = max(self._position, index)
@@ -214,7 +229,7 @@ def count_frames(path) -> int:
     fails to decode, or when the decoded frames' timestamps do not follow the packets' (then
     reading by index could give other frames than a sequential decode: extract its frames instead).
     """
-    with VideoReader(path) as video:
+    with VideoReader(path) as video:  # decodes every frame: _wanted stays always true
         if video.damage:
             raise VideoDecodeError(path, None, video.damage)
         video._seek(0)
