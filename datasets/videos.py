@@ -91,7 +91,8 @@ class VideoReader:
             for packet in self.container.demux(self.stream):
                 if packet.size and not packet.is_discard:
                     if packet.pts is None:
-                        raise VideoDecodeError(self.path, len(packets), "a packet has no timestamp")
+                        raise VideoDecodeError(self.path, None, f"its packet {len(packets)} has no timestamp, "
+                                               "so frames cannot be numbered")
                     packets.append((packet.pts, packet.is_keyframe))
         except av.FFmpegError as error:  # truncated or damaged: the frames before it remain readable
             self.damage = f"the file is damaged after {len(packets)} packets ({error})"
@@ -154,7 +155,8 @@ class VideoReader:
             reason = f"the video has {self.frames} frames" + (f" ({self.damage})" if self.damage else "")
             raise VideoDecodeError(self.path, target, reason, "its CSV row's frame count is wrong: rebuild the "
                                    "CSV with scripts/make_csv.py videos")
-        key = self.keys[max(bisect.bisect_right(self.keys, target) - 1, 0)] if self.keys else 0
+        before = bisect.bisect_right(self.keys, target)  # keyframes at or before the target
+        key = self.keys[before - 1] if before else 0  # none: from the start, as a sequential decode
         self._wanted = lambda index: index == target or keep(index)
         if self._frames is None or target <= self._position or key > self._position + 1:
             self._seek(key)

@@ -52,6 +52,22 @@ def test_random_index_sets_equal_a_sequential_decode(video, monkeypatch):
     assert len(seeks) > 40  # seeks happened, landing between keyframes
 
 
+@pytest.mark.parametrize("name, codec, options", [
+    ("clip.avi", "mpeg4", {"bf": "2"}),  # UCF-101 and HMDB-51 are MPEG-4 Part 2 AVIs
+    ("clip.mkv", "libx264", {}),  # no frame count in the header, no dts on B-frames
+    ("clip.webm", "libvpx", {}),
+])
+def test_other_containers_and_codecs_equal_a_sequential_decode(tmp_path, name, codec, options):
+    path = encode(tmp_path / name, textured_frames(50), codec=codec, gop=20, options=options)
+    reference = sequential_decode(path)
+    assert len(reference) == 50 == count_frames(path)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        indices = sorted(rng.integers(0, 50, 8).tolist())
+        out = read_frames(path, indices)
+        assert all(np.array_equal(out[k].numpy(), reference[i]) for k, i in enumerate(indices)), indices
+
+
 def test_decodes_only_from_the_keyframe_before_and_skips_gaps(video, monkeypatch):
     reference = sequential_decode(video)
     decoded = _count_calls(monkeypatch, "_next")
