@@ -53,6 +53,18 @@ class VideoDecodeError(FrameDecodeError):
         OSError.__init__(self, f"cannot decode {where}: {reason}; {advice}")
 
 
+def number_packets(packets: Sequence[tuple[int, bool]]) -> tuple[list[int], list[int]]:
+    """Frame numbering of a stream's ``(pts, is_keyframe)`` packets (in any order): the
+    timestamps in presentation order (frame i has the i-th smallest) and the keyframes' indices.
+    Raises ValueError if two packets share a timestamp."""
+    ordered = sorted(packets)
+    pts = [time for time, _ in ordered]
+    if len(set(pts)) != len(pts):
+        duplicate = next(a for a, b in zip(pts, pts[1:]) if a == b)
+        raise ValueError(f"two packets have timestamp {duplicate}")
+    return pts, [i for i, (_, key) in enumerate(ordered) if key]
+
+
 class VideoReader:
     """An open video file: its frames numbered by presentation time, read by index.
 
@@ -96,12 +108,11 @@ class VideoReader:
                     packets.append((packet.pts, packet.is_keyframe))
         except av.FFmpegError as error:  # truncated or damaged: the frames before it remain readable
             self.damage = f"the file is damaged after {len(packets)} packets ({error})"
-        packets.sort()
-        self.pts = [pts for pts, _ in packets]
-        if len(set(self.pts)) != len(self.pts):
-            raise VideoDecodeError(self.path, None, "two packets share a timestamp, so frames cannot be numbered")
+        try:
+            self.pts, self.keys = number_packets(packets)
+        except ValueError as error:
+            raise VideoDecodeError(self.path, None, f"{error}, so frames cannot be numbered") from None
         self.index = {pts: i for i, pts in enumerate(self.pts)}
-        self.keys = [i for i, (_, key) in enumerate(packets) if key]
         self.frames = len(self.pts)
 
     def __enter__(self) -> "VideoReader":

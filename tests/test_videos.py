@@ -11,7 +11,7 @@ import torch
 from datasets import frames as frames_module
 from datasets import videos
 from datasets.frames import FrameDecodeError
-from datasets.videos import VideoDecodeError, VideoReader, count_frames, iter_frames, read_frames
+from datasets.videos import VideoDecodeError, VideoReader, count_frames, iter_frames, number_packets, read_frames
 from scripts.extract_frames import extract_video
 from tests.synthetic_video import encode, sequential_decode, textured_frames
 
@@ -209,3 +209,19 @@ def test_a_dropped_frame_or_a_late_seek_is_detected(video, monkeypatch):
         read_frames(video, [38, 40])
     with pytest.raises(VideoDecodeError, match="frame 40 of video .*decoded timestamps do not follow"):
         count_frames(video)
+
+
+def test_numbering_and_unknown_timestamps(video, monkeypatch):
+    # decode order (B-frames after the frame they precede) -> presentation order
+    assert number_packets([(0, True), (3, False), (1, False), (2, False), (6, True), (4, False)]) == (
+        [0, 1, 2, 3, 4, 6], [0, 5])
+    with pytest.raises(ValueError, match="two packets have timestamp 3"):
+        number_packets([(0, True), (3, False), (3, False)])
+    original = VideoReader._number_packets
+
+    def forgetful(self):  # a decoded frame whose timestamp no packet has
+        original(self)
+        del self.index[self.pts[40]]
+    monkeypatch.setattr(VideoReader, "_number_packets", forgetful)
+    with pytest.raises(VideoDecodeError, match=r"frame 45 of video .*timestamp \d+, which no packet has"):
+        read_frames(video, [45])
