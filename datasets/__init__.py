@@ -1,9 +1,9 @@
-"""Video data: CSV indexes of frame folders, decoding, clip augmentations and datasets.
+"""Video data: CSV indexes of frame folders and video files, decoding, clip augmentations and datasets.
 
 Public names (a contract for the rest of the project): ``PretrainDataset``, ``ClipDataset``,
 ``read_csv``, ``DataError``, ``FrameDecodeError``, ``IMAGENET_MEAN``, ``IMAGENET_STD``,
-``denormalize`` (and ``CentreClipDataset``, ``VideoRecord``, ``normalize``). They are imported on first use, so that
-the torch-free parts (``datasets.index``, used by the frame and CSV scripts) load fast.
+``denormalize`` (and ``CentreClipDataset``, ``VideoRecord``, ``normalize``, ``VideoDecodeError``). They are
+imported on first use, so that the torch-free parts (``datasets.index``, used by the frame and CSV scripts) load fast.
 """
 
 import importlib
@@ -12,7 +12,8 @@ _HOMES = {
     "PretrainDataset": "datasets.pretrain",
     "ClipDataset": "datasets.clips",
     "CentreClipDataset": "datasets.clips",
-    "FrameDecodeError": "datasets.frames",
+    "FrameDecodeError": "datasets.index",
+    "VideoDecodeError": "datasets.videos",
     "DataError": "datasets.index",
     "VideoRecord": "datasets.index",
     "read_csv": "datasets.index",

@@ -39,7 +39,8 @@ class ClipDataset(Dataset):
     """Labelled clips for evaluation; see the module docstring for the two modes.
 
     ``num_classes`` (default: max label + 1) bounds the labels read; ``self.num_classes``
-    holds it. A missing or broken frame raises ``FrameDecodeError``.
+    holds it. Rows name frame folders or video files. A missing or broken frame raises
+    ``FrameDecodeError`` (``VideoDecodeError`` for a video file).
     """
 
     def __init__(self, csv_file, mode: str, seq: int = 16, img_dim: int = 112, *, stride: int = 1,

@@ -1,5 +1,9 @@
 """Decoding frames of a frame folder once each, at reduced size when possible.
 
+``frame_size``, ``iter_frames`` and ``read_frames`` also take a video file (a path with a video
+extension, see ``datasets.index.is_video_file``) and hand it to ``datasets.videos``, which gives
+the same frames (index i = ``image_{i+1:05d}.jpg`` of its extraction), always at full size.
+
 Full-size JPEGs go through torchvision's decoder (libjpeg-turbo, like PIL, but it writes RGB
 straight into a tensor: about 10-20% less time per frame than PIL's open + decode + copy);
 reduced-size decoding (JPEG DCT scaling, PIL's ``draft``) and every file that decoder refuses
@@ -21,23 +25,18 @@ try:  # torchvision's JPEG decoder (its Python wrapper, deprecated since torchvi
 except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - a torchvision without it
     _decode_jpeg = None  # PIL decodes everything
 
-from datasets.index import frame_name
+from datasets.index import FrameDecodeError, frame_name, is_video_file
 
 # A crop box as fractions of the frame: (left, top, right, bottom), each in [0, 1].
 Box = tuple[float, float, float, float]
 
 
-class FrameDecodeError(OSError):
-    """A frame file is missing or cannot be decoded; ``.path`` names it."""
-
-    def __init__(self, path, reason: str):
-        self.path = Path(path)
-        super().__init__(f"cannot decode frame {self.path}: {reason}; re-extract this video "
-                         "with scripts/extract_frames.py or drop it from the CSV")
-
-
 def frame_size(folder, index: int = 0) -> tuple[int, int]:
-    """(width, height) of a frame, read from its header without decoding the pixels."""
+    """(width, height) of a frame, read from its header without decoding the pixels (of a video
+    file: its stream's frame size)."""
+    if is_video_file(folder):
+        from datasets import videos  # imports PyAV; videos imports this module
+        return videos.frame_size(folder)
     path = Path(folder) / frame_name(index)
     try:
         with Image.open(path) as image:
@@ -107,8 +106,13 @@ def iter_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = N
     at a time. With ``need`` = (w, h), frames are decoded at the reduced JPEG scale (1/2, 1/4,
     1/8) that keeps at least that many pixels, when the frames (size read from the first one's
     header) are large enough for one; otherwise at full size. All frames must have one size.
+    A video file is read by ``datasets.videos.iter_frames``: the same frames, at full size.
     """
     folder = Path(folder)
+    if is_video_file(folder):
+        from datasets import videos
+        yield from videos.iter_frames(folder, indices, need)
+        return
     if need is not None and _jpeg_scale(frame_size(folder, indices[0]), need) == 1:
         need = None  # full size anyway: the faster full-size decoder
     last_use = {index: position for position, index in enumerate(indices)}

@@ -1,11 +1,14 @@
-"""Frame folders and their CSV indexes: naming, counting, reading with validation, writing.
+"""Frame folders, video files and their CSV indexes: naming, counting, reading with validation, writing.
 
 A frame folder holds ``image_00001.jpg ... image_0000N.jpg`` (1-based, 5 digits); the code
-uses 0-based frame indices: index i lives in ``image_{i+1:05d}.jpg``.
+uses 0-based frame indices: index i lives in ``image_{i+1:05d}.jpg``. A video file (mp4, avi,
+mkv, webm) stands for the frame folder ``scripts/extract_frames.py`` would make of it: its
+frame i is the i-th decoded frame (``datasets.videos``).
 
 Rows have no header: ``path,frames`` (pretraining) or ``path,frames,label`` (downstream,
-``label`` a 0-based class index). A relative ``path`` is resolved against the folder of the
-CSV file, so a dataset folder holding its CSVs can be moved as a whole.
+``label`` a 0-based class index); ``path`` is a frame folder or a video file, and one CSV may
+hold both. A relative ``path`` is resolved against the folder of the CSV file, so a dataset
+folder holding its CSVs can be moved as a whole.
 """
 
 import csv
@@ -16,12 +19,26 @@ from typing import Iterable, NamedTuple, Optional
 from engine.files import atomic_write
 
 
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
+
+
 class DataError(ValueError):
     """A data file (CSV, split list, frame folder) is malformed; the message says where and why."""
 
 
+class FrameDecodeError(OSError):
+    """A frame file is missing or cannot be decoded; ``.path`` names it. Its subclass
+    ``datasets.videos.VideoDecodeError`` is raised for video files. (Defined here, beside
+    ``DataError``, so that torch-free code can catch it; ``datasets.frames`` raises it.)"""
+
+    def __init__(self, path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"cannot decode frame {self.path}: {reason}; re-extract this video "
+                         "with scripts/extract_frames.py or drop it from the CSV")
+
+
 class VideoRecord(NamedTuple):
-    """One row of an index: a frame folder, its number of frames and its label (or None)."""
+    """One row of an index: a frame folder or video file, its number of frames and its label (or None)."""
 
     path: Path
     frames: int
@@ -31,6 +48,23 @@ class VideoRecord(NamedTuple):
 def frame_name(index: int) -> str:
     """File name of the 0-based frame ``index``."""
     return f"image_{index + 1:05d}.jpg"
+
+
+def is_video_file(path) -> bool:
+    """Whether ``path`` names a video file (by its extension, case-insensitive) rather than a frame folder."""
+    path = Path(path)
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.is_dir()
+
+
+def find_videos(root: Path) -> list[tuple[Path, str, str]]:
+    """(video file, class, name) of every ``root/<class>/<name>.<ext>`` with a video extension,
+    sorted; hidden class folders skipped (no glob: names may hold '[')."""
+    videos = []
+    for class_dir in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for video in sorted(class_dir.iterdir()):
+            if video.is_file() and video.suffix.lower() in VIDEO_EXTENSIONS:
+                videos.append((video, class_dir.name, video.stem))
+    return videos
 
 
 def count_frames(folder) -> int:
@@ -48,7 +82,8 @@ def read_csv(csv_file, require_labels: bool = False, num_classes: Optional[int] 
 
     Rows must all have 2 or all have 3 columns (3 when ``require_labels``); frame counts are
     positive integers; labels are integers in ``[0, num_classes)`` (``num_classes=None``: only
-    ``>= 0`` is checked); with ``check_folders`` each frame folder must exist.
+    ``>= 0`` is checked); with ``check_folders`` each frame folder or video file must exist
+    (a path with a video extension is a video file, unless it is a folder).
     Raises ``DataError`` naming the file, the line and the problem.
     """
     csv_file = Path(csv_file)
@@ -86,9 +121,14 @@ def read_csv(csv_file, require_labels: bool = False, num_classes: Optional[int] 
             if not path.is_absolute():
                 path = Path(os.path.normpath(base / path))
             if check_folders and not path.is_dir():
-                raise DataError(f"{where}: frame folder {path} does not exist; "
-                                "extract the frames or fix the path (relative paths are read "
-                                "from the CSV's folder)")
+                if path.suffix.lower() in VIDEO_EXTENSIONS:
+                    if not path.is_file():
+                        raise DataError(f"{where}: video file {path} does not exist; fix the path "
+                                        "(relative paths are read from the CSV's folder)")
+                else:
+                    raise DataError(f"{where}: frame folder {path} does not exist; "
+                                    "extract the frames or fix the path (relative paths are read "
+                                    "from the CSV's folder)")
             records.append(VideoRecord(path, frames, label))
     if not records:
         raise DataError(f"{csv_file}: no rows; build it with scripts/make_csv.py")

@@ -42,8 +42,10 @@ class PretrainDataset(Dataset):
     ``img_dim`` in one step; horizontal flip per clip (p ``flip_p``); per frame: channel-copy
     gray (p ``gray_p``) and colour jitter ``jitter`` = (brightness, contrast, saturation, hue)
     in random order; ImageNet normalisation. Frames are decoded once each, at reduced JPEG
-    scale when all crops taken from them stay at least ``img_dim`` pixels a side.
-    A missing or broken frame raises ``FrameDecodeError`` (its ``.path`` names the file).
+    scale when all crops taken from them stay at least ``img_dim`` pixels a side. A row may name
+    a frame folder or a video file (``datasets.videos``: the same frames, same crops).
+    A missing or broken frame raises ``FrameDecodeError`` (its ``.path`` names the file; for a
+    video file, ``VideoDecodeError`` with ``.index`` the frame).
     """
 
     def __init__(self, csv_file, seq: int = 16, sample: int = 2, rate: float = 3.0, img_dim: int = 112,

@@ -12,6 +12,16 @@ sensor-like noise) in a temporary folder, then prints:
 Each rate is the best of ``--repeats`` runs, interleaved, to damp noise from other processes.
 With ``--loader``, also the steady rate of a real ``DataLoader`` with one worker (batches of 8),
 which adds the collation into shared memory and the hand-over to the main process.
+
+With ``--source videos``: frame folders against video files. Builds 10 s, 30 fps H.264 MP4s
+(libx264, its default quality: CRF 23, preset medium) of camera-like content (a panning textured
+scene, moving textured objects, sensor noise) at 320x240 (UCF-101, HMDB-51) and at 456x256
+(Kinetics-400 after a 256 short-side resize), with a keyframe every 2 s as in many downloaded
+videos and, at 456x256, also with libx264's default of one per 250 frames; their frame folders
+are extracted by ``scripts/extract_frames.py`` at JPEG quality 90. Prints, per kind, the bytes on
+disk of the videos and of the frames, and the samples/s of ``PretrainDataset`` (paper
+configuration, one core) on each, their ratio (target: videos >= 0.5x frames), and where a video
+sample's time goes (open + packet numbering, seeking + decoding, RGB conversion, the rest).
 """
 
 import argparse
@@ -30,17 +40,31 @@ from torch.utils.data import DataLoader, Subset
 
 from datasets import PretrainDataset
 from datasets.index import VideoRecord, frame_name, write_csv
+from datasets.pretrain import sample_indices
+from datasets.videos import VideoReader
 from datasets.loader import keep_freed_memory, loader_kwargs
+from scripts.extract_frames import extract_video
+
+# (name, width, height, frames between keyframes) of the --source videos kinds
+VIDEO_KINDS = (("320x240, keyframe every 2 s", 320, 240, 60),
+               ("456x256, keyframe every 2 s", 456, 256, 60),
+               ("456x256, keyframe every 250 frames", 456, 256, 250))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=6, help="synthetic videos to build (default 6)")
-    parser.add_argument("--frames", type=int, default=120, help="frames per video (default 120)")
+    parser.add_argument("--source", choices=("frames", "videos"), default="frames",
+                        help="frames: JPEG decode vs PretrainDataset; videos: frame folders vs video files "
+                             "(default frames)")
+    parser.add_argument("--videos", type=int, default=None,
+                        help="synthetic videos to build, of each kind for --source videos (default 6; 3 for videos)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per video (default 120; 300 = 10 s at 30 fps for videos)")
     parser.add_argument("--samples", type=int, default=30,
                         help="dataset samples per timed run (default 30)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each kind; best kept (default 5)")
-    parser.add_argument("--quality", type=int, default=85, help="JPEG quality of the frames, 1-95 (default 85)")
+    parser.add_argument("--quality", type=int, default=None,
+                        help="JPEG quality of the frames, 1-95 (default 85; 90 for videos, as extract_frames.py)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--loader", action="store_true",
                         help="also time a DataLoader with one worker (batches of 8, after the first)")
@@ -101,11 +125,146 @@ def loader_rate(dataset: PretrainDataset, samples: int, batch: int = 8) -> float
     return seen / (time.perf_counter() - start)
 
 
+def scene_frames(width: int, height: int, frames: int, rng: np.random.Generator):
+    """Yield ``frames`` RGB uint8 frames of camera-like content: a textured scene panning by about
+    a pixel a frame, three textured objects moving across it, and sensor noise."""
+    margin = frames + 64
+    canvas_h, canvas_w = height + 64, width + margin
+
+    def texture(h, w, scales=(2, 8, 32, 120)):
+        out = np.zeros((h, w, 3), np.float32)
+        for scale, weight in zip(scales, (22, 25, 30, 45)):
+            grid = rng.uniform(-1, 1, (h // scale + 2, w // scale + 2, 3)).astype(np.float32)
+            up = np.asarray(Image.fromarray(((grid + 1) * 127.5).astype(np.uint8)).resize(
+                ((w // scale + 2) * scale, (h // scale + 2) * scale), Image.BICUBIC), np.float32)[:h, :w]
+            out += (up / 127.5 - 1) * weight
+        return out
+
+    scene = texture(canvas_h, canvas_w) + rng.uniform(60, 190, 3).astype(np.float32)
+    objects = [(texture(48, 48) + rng.uniform(40, 220, 3).astype(np.float32), rng.uniform(0, width - 48),
+                rng.uniform(0, height - 48), rng.uniform(-3, 3), rng.uniform(-2, 2)) for _ in range(3)]
+    yy, xx = np.mgrid[0:48, 0:48]
+    disc = (yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 24 ** 2
+    for t in range(frames):
+        image = scene[32 + int(8 * np.sin(t / 40)):, t:][:height, :width].copy()  # pan right, sway
+        for patch, x0, y0, vx, vy in objects:
+            x, y = int(x0 + vx * t) % (width - 48), int(y0 + vy * t) % (height - 48)
+            image[y:y + 48, x:x + 48][disc] = patch[disc]
+        image += rng.normal(0, 4.0, image.shape).astype(np.float32)
+        yield image.clip(0, 255).astype(np.uint8)
+
+
+def build_videos(root: Path, videos: int, frames: int, quality: int, seed: int) -> dict[str, dict]:
+    """Per kind of VIDEO_KINDS: MP4s and their extracted frame folders under ``root``, CSVs of
+    both and their bytes on disk."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    kinds = {}
+    for name, width, height, keyint in VIDEO_KINDS:
+        folder = root / f"{width}x{height}_g{keyint}"
+        video_records, frame_records = [], []
+        for v in range(videos):
+            path = folder / "videos" / f"video_{v:03d}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with av.open(str(path), "w") as container:
+                stream = container.add_stream("libx264", rate=30)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                stream.options = {"g": str(keyint)}  # otherwise libx264's defaults (CRF 23, preset medium)
+                for image in scene_frames(width, height, frames, rng):
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+                container.mux(stream.encode())
+            frame_folder = folder / "frames" / path.stem
+            count = extract_video(path, frame_folder, quality=quality)
+            video_records.append(VideoRecord(path, count))
+            frame_records.append(VideoRecord(frame_folder, count))
+        write_csv(folder / "videos.csv", video_records)
+        write_csv(folder / "frames.csv", frame_records)
+        kinds[name] = {
+            "videos": folder / "videos.csv", "frames": folder / "frames.csv", "records": video_records,
+            "video_bytes": sum(p.stat().st_size for p in (folder / "videos").iterdir()),
+            "frame_bytes": sum(p.stat().st_size for p in (folder / "frames").glob("*/*.jpg")),
+            "seconds": videos * frames / 30}
+    return kinds
+
+
+class _CountingReader(VideoReader):
+    """A VideoReader that counts the frames its decoder gives."""
+
+    decoded = 0
+
+    def _next(self, target: int):
+        frame, index = super()._next(target)
+        self.decoded += frame is not None
+        return frame, index
+
+
+def video_breakdown(records: list[VideoRecord], dataset: PretrainDataset, samples: int) -> dict[str, float]:
+    """Mean ms per sample of the steps of reading a pretraining sample's frames from video files
+    (open + packet numbering, seeking + decoding, RGB conversion) and the frames decoded per sample."""
+    totals = dict(open=0.0, decode=0.0, convert=0.0, decoded=0.0)
+    for k in range(samples):
+        record = records[k % len(records)]
+        indices, _, _ = sample_indices(record.frames, dataset.seq, dataset.sample, dataset.rate)
+        start = time.perf_counter()
+        with _CountingReader(record.path) as video:
+            opened = time.perf_counter()
+            wanted = set(indices)
+            frames = [frame for index in sorted(wanted) for _, frame in video.decode_to(index, wanted.__contains__)]
+            decoded = time.perf_counter()
+            for frame in frames:
+                video.to_rgb(frame)
+            converted = time.perf_counter()
+            totals["decoded"] += video.decoded
+        totals["open"] += 1000 * (opened - start)
+        totals["decode"] += 1000 * (decoded - opened)
+        totals["convert"] += 1000 * (converted - decoded)
+    return {key: value / samples for key, value in totals.items()}
+
+
+def main_videos(args: argparse.Namespace) -> int:
+    """``--source videos``: frame folders against video files, per kind of VIDEO_KINDS."""
+    videos, frames, quality = args.videos or 3, args.frames or 300, args.quality or 90
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        print(f"building {videos} videos of {frames} frames of each kind and their frame folders ...", flush=True)
+        kinds = build_videos(Path(tmp), videos, frames, quality, args.seed)
+        rates = {}
+        for name, kind in kinds.items():
+            datasets = {source: PretrainDataset(kind[source]) for source in ("frames", "videos")}
+            best, steps = {source: 0.0 for source in datasets}, {}
+            for _ in range(args.repeats):  # interleaved, best of each: damps other processes' noise
+                for source, dataset in datasets.items():
+                    best[source] = max(best[source], dataset_rate(dataset, args.samples))
+                for step, ms in video_breakdown(kind["records"], datasets["videos"], args.samples).items():
+                    steps[step] = min(steps.get(step, ms), ms)
+            rates[name] = best, steps
+    print(f"PretrainDataset, paper configuration (seq 16, sample 2, rate 3, img_dim 112), 1 core, best of "
+          f"{args.repeats} x {args.samples} samples; {videos} videos of {frames} frames per kind, H.264 (libx264 "
+          f"CRF 23) vs JPEG quality {quality} frames (scripts/extract_frames.py)")
+    for name, kind in kinds.items():
+        best, steps = rates[name]
+        ratio = best["videos"] / best["frames"]
+        print(f"{name}:")
+        print(f"  disk:  videos {kind['video_bytes'] / 2**20:7.2f} MiB "
+              f"({kind['video_bytes'] * 8 / kind['seconds'] / 1000:.0f} kbit/s), "
+              f"frames {kind['frame_bytes'] / 2**20:7.2f} MiB: {kind['frame_bytes'] / kind['video_bytes']:.1f}x less "
+              f"for videos (target >= 5x)")
+        print(f"  speed: frames {best['frames']:6.1f} samples/s, videos {best['videos']:6.1f} samples/s: "
+              f"ratio {ratio:.2f} (target >= 0.5)")
+        print(f"  a video sample ({1000 / best['videos']:.1f} ms): open + number packets {steps['open']:.1f} ms, "
+              f"seek + decode {steps['decode']:.1f} ms ({steps['decoded']:.0f} frames decoded for 32 indices), "
+              f"RGB conversion {steps['convert']:.1f} ms; a frame-folder sample: {1000 / best['frames']:.1f} ms")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # one core, as a DataLoader worker
     keep_freed_memory()  # as in a DataLoader worker
     torch.manual_seed(args.seed)
+    if args.source == "videos":
+        return main_videos(args)
+    args.videos, args.frames, args.quality = args.videos or 6, args.frames or 120, args.quality or 85
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         csv_file = build_frames(Path(tmp), args.videos, args.frames, args.quality, args.seed)
         paths = sorted(Path(tmp, "frames").glob("*/*.jpg"))

@@ -21,20 +21,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import av
 from tqdm import tqdm
 
-from datasets.index import frame_name
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
-
-
-def find_videos(src: Path) -> list[tuple[Path, str, str]]:
-    """(video file, class, name) of every VIDEOS/<class>/<name>.<ext>, sorted (no glob: names may hold '[')."""
-    videos = []
-    for class_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for video in sorted(class_dir.iterdir()):
-            if video.is_file() and video.suffix.lower() in VIDEO_EXTENSIONS:
-                videos.append((video, class_dir.name, video.stem))
-    return videos
-
+from datasets.index import find_videos, frame_name
 
 def _size(width: int, height: int, short_side: Optional[int]) -> tuple[int, int]:
     """Output (w, h): the short side scaled to ``short_side`` (None: unchanged)."""

@@ -7,6 +7,8 @@ from PIL import Image
 from datasets import ClipDataset, DataError, denormalize
 from datasets.clips import window_starts
 from datasets.index import frame_name
+from scripts.extract_frames import extract_video
+from tests.synthetic_video import encode, grey_frames, textured_frames
 
 
 def _csv(tmp_path, videos):
@@ -101,3 +103,34 @@ def test_errors(tmp_path):
     (tmp_path / "p.csv").write_text("v0,5\n")
     with pytest.raises(DataError, match="expected 3 columns"):
         ClipDataset(tmp_path / "p.csv", "test")
+
+
+def test_video_rows_give_the_clips_of_their_frame_folders(tmp_path):
+    video = encode(tmp_path / "videos" / "clip.mkv", textured_frames(30, size=(64, 48)))
+    extract_video(video, tmp_path / "frames" / "clip", quality=95)
+    (tmp_path / "v.csv").write_text("videos/clip.mkv,30,1\n")
+    (tmp_path / "f.csv").write_text("frames/clip,30,1\n")
+    for mode, kwargs in (("test", {"views": "five", "stride": 2}), ("train", {})):
+        out = {}
+        for name in ("v", "f"):
+            torch.manual_seed(3)
+            clips, label = ClipDataset(tmp_path / f"{name}.csv", mode, seq=4, img_dim=16, **kwargs)[0]
+            out[name] = denormalize(clips.transpose(-4, -3), channel_dim=-3)
+            assert label == 1
+        assert out["v"].shape == out["f"].shape == ((len(window_starts(30, 7)) * 5, 4, 3, 16, 16) if mode == "test"
+                                                    else (4, 3, 16, 16))
+        assert (out["v"] - out["f"]).abs().mean() < 0.02, mode  # JPEG rounding only
+    torch.manual_seed(4)
+    other = denormalize(ClipDataset(tmp_path / "v.csv", "train", seq=4, img_dim=16)[0][0].transpose(0, 1), 1)
+    assert (other - out["v"]).abs().mean() > 0.05  # another draw: another clip
+
+
+def test_a_csv_mixing_videos_and_folders(tmp_path):
+    csv_file = _csv(tmp_path, [(10, 0)])  # folder v0: solid greys 10 + 4 i
+    encode(tmp_path / "g.mp4", grey_frames(10, size=(40, 30)), options={"qp": "0"})  # lossless
+    (tmp_path / "c.csv").write_text(csv_file.read_text() + "g.mp4,10,1\n")
+    dataset = ClipDataset(tmp_path / "c.csv", "test", seq=4, img_dim=8, stride=3)
+    for i in (0, 1):
+        clips, label = dataset[i]
+        assert label == i and clips.shape == (1, 3, 4, 8, 8)
+        assert _frame_indices(clips[0]) == [0, 3, 6, 9]

@@ -3,7 +3,8 @@
 import pytest
 from PIL import Image
 
-from datasets.index import DataError, VideoRecord, count_frames, frame_name, read_csv, write_csv
+from datasets.index import (DataError, VideoRecord, count_frames, find_videos, frame_name, is_video_file, read_csv,
+                            write_csv)
 
 
 @pytest.fixture()
@@ -79,3 +80,28 @@ def test_frame_name_and_count_with_bracket_names(tmp_path):
     (folder / "notes.txt").write_text("x")
     assert frame_name(0) == "image_00001.jpg" and frame_name(123) == "image_00124.jpg"
     assert count_frames(folder) == 3
+
+
+def test_video_file_rows(tmp_path, folders):
+    (tmp_path / "clip.MP4").write_bytes(b"")  # only the name matters here; decoding is datasets.videos'
+    (tmp_path / "frames" / "odd.avi").mkdir()  # a folder named like a video stays a frame folder
+    csv_file = tmp_path / "m.csv"
+    csv_file.write_text(f"clip.MP4,30\n{folders[0]},9\nframes/odd.avi,4\n")
+    assert read_csv(csv_file) == [VideoRecord(tmp_path / "clip.MP4", 30), VideoRecord(folders[0], 9),
+                                  VideoRecord(tmp_path / "frames" / "odd.avi", 4)]
+    assert [is_video_file(r.path) for r in read_csv(csv_file)] == [True, False, False]
+    csv_file.write_text("clip.MP4,30\ngone.webm,9\n")
+    with pytest.raises(DataError, match=r"line 2: video file .*gone.webm does not exist"):
+        read_csv(csv_file)
+    (tmp_path / "notes.txt").write_text("x")
+    csv_file.write_text("notes.txt,9\n")
+    with pytest.raises(DataError, match="line 1: frame folder"):
+        read_csv(csv_file)
+
+
+def test_find_videos(tmp_path):
+    for name in ["b/x.mp4", "b/y.WEBM", "a [1]/z.avi", "a [1]/notes.txt", ".hidden/h.mp4", "a [1]/w.mkv"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [(v.relative_to(tmp_path).as_posix(), c, n) for v, c, n in find_videos(tmp_path)] == [
+        ("a [1]/w.mkv", "a [1]", "w"), ("a [1]/z.avi", "a [1]", "z"), ("b/x.mp4", "b", "x"), ("b/y.WEBM", "b", "y")]

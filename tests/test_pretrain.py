@@ -4,9 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import DataError, FrameDecodeError, PretrainDataset, denormalize
+from datasets import DataError, FrameDecodeError, PretrainDataset, VideoDecodeError, denormalize
 from datasets.index import frame_name
 from datasets.pretrain import sample_indices
+from engine.sampling import SeededSamples
+from scripts.extract_frames import extract_video
+from tests.synthetic_video import encode, grey_frames, textured_frames
 
 NO_AUGMENT = dict(crop_area=(1.0, 1.0), jitter=(0, 0, 0, 0), gray_p=0.0, flip_p=0.0)
 
@@ -102,3 +105,58 @@ def test_batches_through_a_dataloader(tmp_path):
     dataset = PretrainDataset(_csv(tmp_path, [30, 35, 40]), seq=4, sample=2, img_dim=12)
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3)))
     assert batch.shape == (3, 3, 3, 4, 12, 12) and torch.isfinite(batch).all()
+
+
+def _video_and_folder(tmp_path, frames, images=None):
+    """An H.264 video of ``images`` (default: ``frames`` solid greys of level 10 + 4 i) and its frame folder."""
+    video = encode(tmp_path / "videos" / "clip.mp4", images or grey_frames(frames), options={"qp": "0"})  # lossless
+    extract_video(video, tmp_path / "frames" / "clip", quality=95)
+    return video, tmp_path / "frames" / "clip"
+
+
+def test_a_video_row_gives_the_sample_of_its_frame_folder(tmp_path):
+    video, folder = _video_and_folder(tmp_path, 40, textured_frames(40))
+    (tmp_path / "v.csv").write_text(f"{video},40\n")
+    (tmp_path / "f.csv").write_text(f"{folder},40\n")
+    samples = {}
+    for name in ("v", "f"):
+        dataset = PretrainDataset(tmp_path / f"{name}.csv", seq=4, sample=2, img_dim=16)
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            samples[name, seed] = denormalize(dataset[0].transpose(0, 1))  # full augmentation
+    assert samples["v", 0].shape == (3, 3, 4, 16, 16)
+    same = (samples["v", 0] - samples["f", 0]).abs().mean()
+    assert same < 0.02  # JPEG rounding only: same indices, crops, flips, jitter
+    assert (samples["v", 0] - samples["v", 1]).abs().mean() > 5 * same  # another draw differs
+
+
+def test_a_csv_mixing_videos_and_folders(tmp_path):
+    torch.manual_seed(5)
+    video, folder = _video_and_folder(tmp_path, 50)
+    (tmp_path / "m.csv").write_text(f"videos/clip.mp4,50\n{folder},50\n")  # relative and absolute
+    dataset = PretrainDataset(tmp_path / "m.csv", seq=8, sample=2, rate=3.0, img_dim=16, **NO_AUGMENT)
+    assert [v.path for v in dataset.videos] == [video, folder]
+    for i in (0, 1):
+        a, b, g = (_frame_indices(clip) for clip in dataset[i])
+        steps = [y - x for x, y in zip(a + b, (a + b)[1:])]
+        assert max(steps) - min(steps) <= 1 and min(steps) >= 1 and g == (a + b)[::2]
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1)))
+    assert batch.shape == (2, 3, 3, 8, 16, 16) and torch.isfinite(batch).all()
+
+
+def test_a_video_shorter_than_its_row_is_replaced_or_stops(tmp_path):
+    video, folder = _video_and_folder(tmp_path, 30)
+    (tmp_path / "p.csv").write_text(f"{video},300\n{folder},30\n")  # the row says 300 frames
+    dataset = PretrainDataset(tmp_path / "p.csv", seq=4, sample=2, rate=1.0, img_dim=8)
+    with pytest.raises(VideoDecodeError) as error:
+        for seed in range(20):  # some start beyond frame 30
+            torch.manual_seed(seed)
+            dataset[0]
+    assert error.value.path == video and error.value.index >= 30 and str(video) in str(error.value)
+    samples = SeededSamples(dataset, seed=0, errors=(FrameDecodeError, OSError))
+    replaced = [samples[(epoch, 0)][1] for epoch in range(20)]
+    assert max(replaced) == 1  # some draws failed and were replaced by the folder video
+    strict = SeededSamples(dataset, seed=0, errors=(FrameDecodeError, OSError), strict=True)
+    with pytest.raises(VideoDecodeError):
+        for epoch in range(20):
+            strict[(epoch, 0)]
