@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import random
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,10 +52,12 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
                       help="randomly initialised backbone: the baseline without pretraining")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=sorted(NUM_CLASSES), default="ucf101",
-                      help="downstream dataset, sets the number of classes (default: ucf101)")
+    data.add_argument("--dataset", choices=sorted(NUM_CLASSES), default=None,
+                      help="downstream dataset; its number of classes (101 or 51) must match the CSV labels "
+                           "(default: none: the classes are the labels' max + 1 over both CSVs)")
     data.add_argument("--num_classes", type=int, default=0,
-                      help="override the number of classes, e.g. for the demo data (default: 0 = from --dataset)")
+                      help="number of classes, must match the CSV labels (default: 0 = the labels' max + 1 over "
+                           "both CSVs)")
     data.add_argument("--train_csv", required=True, help="CSV of training videos: path,frames,label (no header)")
     data.add_argument("--test_csv", required=True, help="CSV of test videos: path,frames,label (no header)")
     data.add_argument("--class_names", default="",
@@ -64,8 +67,8 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
     data.add_argument("--test_views", choices=VIEWS, default="center",
                       help="spatial views per test window: centre crop, 5 or 10 (with flips) crops (default: center)")
     data.add_argument("--val_fraction", type=float, default=0.0,
-                      help="fraction of the train videos held out to choose an epoch; 0 reports the last epoch "
-                           "(default: 0)")
+                      help="fraction of the train videos held out to choose an epoch, whole UCF-101 groups "
+                           "(v_<Class>_gNN_*) at a time; 0 reports the last epoch (default: 0)")
     data.add_argument("--workers", type=int, default=4, help="data-loading processes (default: 4)")
 
     model = parser.add_argument_group("model")
@@ -98,7 +101,7 @@ def check_downstream_args(parser: argparse.ArgumentParser, cfg: "Protocol") -> N
     if not 0.0 <= cfg.val_fraction < 1.0:
         parser.error(f"--val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.num_classes < 0:
-        parser.error(f"--num_classes must be >= 1 (or 0 for the --dataset default), got {cfg.num_classes}")
+        parser.error(f"--num_classes must be >= 1 (or 0: from the CSV labels), got {cfg.num_classes}")
     if sorted(set(cfg.schedule)) != list(cfg.schedule):
         parser.error(f"--schedule must list increasing epochs, got {list(cfg.schedule)}")
 
@@ -117,7 +120,7 @@ class Protocol:
     pretrained: str = ""
     random_init: bool = False
     arch: str = "r3d18"
-    dataset: str = "ucf101"
+    dataset: str | None = None
     num_classes: int = 0
     class_names: str = ""
     seq: int = 16
@@ -145,7 +148,9 @@ class Protocol:
 
     @property
     def classes(self) -> int:
-        """Number of classes: ``num_classes`` when set, else the ``dataset``'s."""
+        """Number of classes: ``num_classes`` when set, else the ``dataset``'s (see :func:`read_inputs`)."""
+        if not (self.num_classes or self.dataset):
+            raise ValueError("the number of classes is not known: set num_classes (read_inputs does)")
         return self.num_classes or NUM_CLASSES[self.dataset]
 
     def class_name_list(self) -> list[str]:
@@ -170,54 +175,104 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(cfg: Protocol) -> tuple[Tracker, dict | None, torch.device]:
-    """Seed, load the resume checkpoint (if any), open the tracker and print the arguments.
+def read_inputs(cfg: Protocol) -> tuple[Protocol, list[int], list[int]]:
+    """Read and check every input named by ``cfg`` before anything is written; raise ``DataError``.
 
-    Returns the tracker, the resume state (or None) and the device to run on."""
-    seed_everything(cfg.seed)
+    Both CSVs (3 columns, at least one row, frame folders present), the number of classes and
+    ``class_names``. The classes are the labels' max + 1 over both CSVs; an explicit ``num_classes``
+    or ``dataset`` must equal it (a label beyond it is an error naming its file and line).
+    Returns ``cfg`` with ``num_classes`` set, and the (train, validation) indices of the train videos
+    (see :func:`split_train_val`).
+    """
+    from datasets.index import DataError, read_csv
+
+    explicit = [(f"--num_classes {cfg.num_classes}", cfg.num_classes)] if cfg.num_classes else []
+    explicit += [(f"--dataset {cfg.dataset}", NUM_CLASSES[cfg.dataset])] if cfg.dataset else []
+    bound = min((k for _, k in explicit), default=None)
+    rows = {path: read_csv(path, require_labels=True, num_classes=bound) for path in (cfg.train_csv, cfg.test_csv)}
+    found = max(r.label for records in rows.values() for r in records) + 1
+    for flag, k in explicit:
+        if k != found:
+            raise DataError(f"{flag} means {k} classes, but the labels of {cfg.train_csv} and {cfg.test_csv} "
+                            f"give {found} (max label {found - 1}); drop {flag.split()[0]} to take the classes "
+                            "from the labels, or fix the CSVs")
+    cfg = replace(cfg, num_classes=found)
+    if cfg.class_names:
+        read_class_names(cfg.class_names, found)
+    names = [record.path.name for record in rows[cfg.train_csv]]
+    train_idx, val_idx = split_train_val(names, cfg.val_fraction, cfg.seed)
+    return cfg, train_idx, val_idx
+
+
+def start_run(cfg: Protocol, notes: tuple[str, ...] = ()) -> tuple[Tracker, dict | None, torch.device]:
+    """Load the resume checkpoint (if any), then open the tracker and print the arguments and ``notes``.
+
+    Call it once every input is checked (:func:`read_inputs`, :func:`build_classifier`): the tracker
+    creates ``out_dir``. Returns the tracker, the resume state (or None) and the device to run on."""
     path = resolve_resume(cfg.resume, cfg.out_dir)
     state = load_checkpoint(path) if path else None
     tracker = Tracker(cfg.out_dir, purge_step=state["step"] if state else None)
     tracker.print(format_args(cfg.flags, git_commit()))
+    for note in notes:
+        tracker.print(note)
     if state:
         tracker.print(f"resuming from {path} (epoch {state['epoch']} done)")
     return tracker, state, device()
 
 
-def build_classifier(cfg: Protocol, head: str, tracker: Tracker, dropout: float = 0.0) -> VideoClassifier:
-    """``VideoClassifier`` with the ``pretrained`` backbone (loaded strictly) or a random one."""
+def build_classifier(cfg: Protocol, head: str, dropout: float = 0.0) -> tuple[VideoClassifier, str]:
+    """``VideoClassifier`` with the ``pretrained`` backbone (loaded strictly) or a random one, and a line
+    saying which; a missing or unfit checkpoint raises ``CheckpointError``."""
     model = VideoClassifier(cfg.arch, cfg.classes, head=head, dropout=dropout)
     if cfg.pretrained:
-        report = load_backbone(model.backbone, cfg.pretrained)
-        tracker.print(report["summary"])
-    else:
-        tracker.print(f"random initialisation of {cfg.arch} (seed {cfg.seed})")
-    return model
+        return model, load_backbone(model.backbone, cfg.pretrained)["summary"]
+    return model, f"random initialisation of {cfg.arch} (seed {cfg.seed})"
 
 
 # ----------------------------------------------------------------------------- data
 
-def split_train_val(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded random split of ``n`` train videos into (train, validation) indices, both sorted."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = round(n * fraction)
-    if fraction > 0 and not 0 < n_val < n:
-        raise ValueError(f"--val_fraction {fraction} of {n} train videos leaves an empty split; "
-                         "change --val_fraction")
-    return sorted(order[n_val:]), sorted(order[:n_val])
+_GROUP = re.compile(r"^v_(?P<group>.+_g\d+)_c\d+$")  # UCF-101: v_<Class>_g08_c01 -> <Class>_g08
 
 
-def video_datasets(cfg: Protocol) -> tuple[Dataset, Dataset | None, Dataset]:
-    """(train clips with augmentation, held-out train videos or None, test videos) from the CSVs."""
+def split_train_val(names: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split of the train videos ``names`` into (train, validation) indices, both sorted.
+
+    Videos named as UCF-101's ``v_<Class>_g<NN>_c<MM>`` are held out by group (``<Class>_g<NN>``: the
+    clips of one actor and scene), so a group never lands on both sides; other videos one by one.
+    Units are drawn in a seeded random order until ``round(len(names) * fraction)`` videos are held out.
+    """
+    from datasets.index import DataError
+
+    units: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        match = _GROUP.match(name)
+        units.setdefault(match["group"] if match else f"video {i}", []).append(i)
+    groups = list(units.values())
+    n, n_val = len(names), round(len(names) * fraction)
+    val: list[int] = []
+    for u in torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist():
+        if len(val) >= n_val:
+            break
+        val += groups[u]
+    if fraction > 0 and not 0 < len(val) < n:
+        raise DataError(f"--val_fraction {fraction} of {n} train videos ({len(groups)} groups) leaves an empty "
+                        "split; change --val_fraction")
+    held_out = set(val)
+    return [i for i in range(n) if i not in held_out], sorted(val)
+
+
+def video_datasets(cfg: Protocol, train_idx: list[int], val_idx: list[int]) -> tuple[Dataset, Dataset | None, Dataset]:
+    """(train clips with augmentation, held-out train videos or None, test videos) from the CSVs.
+
+    ``train_idx``, ``val_idx``: the split of :func:`read_inputs`; no held-out set when ``val_idx`` is empty."""
     from datasets import ClipDataset
 
     k = cfg.classes  # the datasets check every label against it
     train = ClipDataset(cfg.train_csv, "train", seq=cfg.seq, img_dim=cfg.img_dim, num_classes=k)
     test = ClipDataset(cfg.test_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
                        num_classes=k)
-    if cfg.val_fraction == 0:
+    if not val_idx:
         return train, None, test
-    train_idx, val_idx = split_train_val(len(train), cfg.val_fraction, cfg.seed)
     held_out = ClipDataset(cfg.train_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
                            num_classes=k)
     return Subset(train, train_idx), Subset(held_out, val_idx), test
