@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import random
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from datasets.loader import loader_kwargs
 from engine.checkpoint import (git_commit, load_backbone, load_checkpoint, resolve_resume, rng_state,
                                save_checkpoint, set_rng_state)
+from engine.files import atomic_write
 from engine.sampling import ResumableSampler, SeededSamples
 from engine.tracking import Tracker, check_finite, format_args
 from evaluation.metrics import accuracy_report
@@ -391,6 +393,18 @@ def load_trained_state(model: nn.Module, state: dict[str, Tensor], frozen: nn.Mo
     model.load_state_dict(state, strict=False)
 
 
+def drop_later_epochs(log_file: Path, epoch: int) -> None:
+    """Keep the lines of ``log.jsonl`` up to ``epoch`` (1-based), which a resume from that epoch's
+    checkpoint continues; later ones were written by the interrupted run and are written again."""
+    if not log_file.is_file():
+        return
+    lines = log_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epoch]
+    if kept != lines:
+        with atomic_write(log_file, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+
 def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
         optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, tracker: Tracker,
         state: dict | None, dev: torch.device, frozen: nn.Module | None = None) -> dict:
@@ -399,7 +413,8 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
     Reads ``out_dir``, ``epochs``, ``batch_size``, ``workers``, ``seed`` and ``flags`` of ``cfg``.
 
     ``frozen``: a submodule that must not change; checked after the first epoch, and left out of the
-    checkpoints (``last.pth``, ``best.pth``), which hold only what training changes. With a validation
+    checkpoints (``last.pth``, ``best.pth``), which hold only what training changes. After a resume,
+    TensorBoard scalars and ``log.jsonl`` equal an uninterrupted run's. With a validation
     set, each epoch is scored on it, ``best.pth`` keeps the best one and its weights are the ones
     tested. Returns ``{'epoch': tested epoch (1-based), 'selected_by': 'last epoch'|'validation top1', 'val_top1'}``.
     """
@@ -412,6 +427,7 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, step, best = state["epoch"], state["step"], state["best"]
+        drop_later_epochs(out_dir / "log.jsonl", start)
     loader = train_loader(train_set, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
     val = video_loader(val_set, workers=cfg.workers) if val_set is not None else None
     before = snapshot(frozen) if frozen is not None and start == 0 else None
@@ -426,14 +442,18 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
         if val is not None:
             probs, labels = predict_videos(model, val, dev, cfg.batch_size)
             record["val_top1"] = (probs.argmax(1) == labels).double().mean().item()
-            tracker.scalars({"top1": record["val_top1"]}, step, prefix="val/")
+            # at the epoch's last step: a resumed run purges the steps from its checkpoint's ``step`` on
+            tracker.scalars({"top1": record["val_top1"]}, step - 1, prefix="val/")
             if best["val_top1"] is None or record["val_top1"] > best["val_top1"]:
                 best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
                 save_checkpoint({"model": trained_state(model, frozen), "epoch": epoch + 1}, out_dir / "best.pth")
+        # the epoch's logs reach the disk before its checkpoint: a resume from an earlier one drops them
+        tracker.epoch(record)
+        if tracker.writer is not None:
+            tracker.writer.flush()
         save_checkpoint({"model": trained_state(model, frozen), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
                          "rng": rng_state(), "args": dict(cfg.flags)}, out_dir / "last.pth")
-        tracker.epoch(record)
         tracker.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     if val is None:
         return {"epoch": cfg.epochs, "selected_by": "last epoch", "val_top1": None}

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -287,3 +288,38 @@ def test_read_inputs_checks_both_csvs_and_the_split(tmp_path):
         read_inputs(replace(cfg, val_fraction=0.1))
     assert read_inputs(replace(cfg, val_fraction=0.4))[1:] in [([0, 1], [2]), ([0, 2], [1]), ([1, 2], [0])]
 
+
+def scalars(out_dir):
+    """Every TensorBoard scalar of a run, as read by TensorBoard: {tag: [(step, value)]}."""
+    acc = EventAccumulator(str(out_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_logs_after_a_kill_and_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch):
+    run_fit(tmp_path / "full", 3, with_val=True)
+
+    import evaluation.protocol as protocol
+    real_save, saves = protocol.save_checkpoint, []
+
+    def killed_at_the_third_last_pth(state, path):
+        if path.name == "last.pth":
+            saves.append(state["epoch"])
+            if len(saves) == 3:  # epoch 3 is trained, validated and logged: killed before its checkpoint
+                raise KeyboardInterrupt
+        return real_save(state, path)
+
+    monkeypatch.setattr(protocol, "save_checkpoint", killed_at_the_third_last_pth)
+    opened = []
+    monkeypatch.setattr(protocol, "Tracker", lambda *a, **k: opened.append(Tracker(*a, **k)) or opened[-1])
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(tmp_path / "split", 3, with_val=True)
+    opened[-1].close()  # everything the killed run logged is on disk
+    monkeypatch.setattr(protocol, "save_checkpoint", real_save)
+    run_fit(tmp_path / "split", 3, resume="auto", with_val=True, net_seed=123)
+
+    full, split = scalars(tmp_path / "full"), scalars(tmp_path / "split")
+    assert sorted(full) == ["train/acc", "train/loss", "train/lr", "val/top1"]
+    assert [step for step, _ in full["val/top1"]] == [4, 9, 14]  # the last step of each 5-step epoch
+    assert split == full
+    assert (tmp_path / "split" / "log.jsonl").read_text() == (tmp_path / "full" / "log.jsonl").read_text()
