@@ -15,7 +15,7 @@ import torch
 
 from datasets import DataError, FrameDecodeError
 from engine.checkpoint import CheckpointError
-from evaluation.features import VideoFeatures, cached_features, clip_feature_set
+from evaluation.features import ClipFeatureSamples, VideoFeatures, cached_features
 from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args, fit,
                                  read_inputs, seed_everything, start_run, test_and_report, video_datasets)
 from evaluation.report import write_json
@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     probe.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     probe.add_argument("--features", action="store_true",
                        help="extract pooled features once (cached in --out_dir) and train the linear layer on them: "
-                            "fast, for sweeping --lr/--wd; no train augmentation")
+                            "fast, for sweeping --lr/--wd; no train augmentation; each epoch draws one random "
+                            "window per train video, so long and short videos weigh the same")
     probe.add_argument("--retrieval", action="store_true",
                        help="nearest-neighbour retrieval instead of a probe: recall@1/5/10/20/50")
     probe.add_argument("--gallery", choices=("video", "one_clip"), default="video",
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.features:  # the head alone, on cached features of the deterministic test clips
         features = cached_features(model, cfg, dev, tracker)
         net, frozen = model.head, None
-        train_set = clip_feature_set(features["train"], train_idx)
+        train_set = ClipFeatureSamples(features["train"], train_idx)
         val_set = VideoFeatures(features["train"], val_idx) if val_idx else None
         test_set = VideoFeatures(features["test"])
     else:
