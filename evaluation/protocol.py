@@ -294,9 +294,13 @@ def train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed: int) 
                       num_workers=workers, drop_last=len(dataset) > batch_size, **loader_kwargs(workers))
 
 
-def collate_videos(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Videos of ``[N_i, ...]`` clips -> (clips ``[sum N_i, ...]``, labels ``[V]``, clip counts ``[V]``)."""
-    clips = torch.cat([c for c, _ in batch])
+def collate_videos(batch: list[tuple]) -> tuple:
+    """Videos of ``N_i`` clips -> (their ``sum N_i`` clips, labels ``[V]``, clip counts ``[V]``).
+
+    The clips of a video are a tensor ``[N_i, ...]`` (concatenated) or a ``datasets.clips.VideoClips``
+    (kept in uint8 and joined, to be normalised ``chunk`` at a time by :func:`predict_videos`)."""
+    first = batch[0][0]
+    clips = torch.cat([c for c, _ in batch]) if isinstance(first, Tensor) else type(first).cat([c for c, _ in batch])
     labels = torch.tensor([int(label) for _, label in batch])
     counts = torch.tensor([len(c) for c, _ in batch])
     return clips, labels, counts
@@ -350,7 +354,10 @@ def video_probs(clip_logits: Tensor, counts: Tensor) -> Tensor:
 @torch.no_grad()
 def predict_videos(model: nn.Module, loader: DataLoader, dev: torch.device, chunk: int,
                    tracker: Tracker | None = None) -> tuple[Tensor, Tensor]:
-    """Video-level class probabilities ``[V, K]`` and labels ``[V]``; clips forwarded ``chunk`` at a time."""
+    """Video-level class probabilities ``[V, K]`` and labels ``[V]``; clips forwarded ``chunk`` at a time.
+
+    ``loader`` yields what :func:`collate_videos` makes; a video's clips are only materialised in float
+    ``chunk`` at a time (``clips.split(chunk)``)."""
     model.eval()
     probs, labels = [], []
     batches = tracker.progress(loader, desc="test", leave=False) if tracker else loader

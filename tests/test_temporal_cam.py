@@ -16,8 +16,8 @@ from engine.checkpoint import CheckpointError, save_checkpoint
 from engine.checkpoint import load_backbone
 from models import MFOModel, build_backbone
 from datasets.demo import make_demo_data
-from visualization.cam import order_head, pooled_logits, to_rgb
-from visualization.temporal_cam import main, parse_args, run
+from visualization.cam import OrderClassifier, order_head, pooled_logits, to_rgb
+from visualization.temporal_cam import draw_videos, main, parse_args, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ, IMG = 8, 48  # 48 px: a 2x2 high map, so the CAM varies over the frame
@@ -82,7 +82,7 @@ def test_command_line_end_to_end(data, tmp_path):
     right, clips = 0, 0
     with torch.no_grad():
         for k in range(len(test_set)):
-            windows, _ = test_set[k]  # [N,3,T,H,W]
+            windows = test_set[k][0].tensor()  # [N,3,T,H,W]
             for label, x in ((0, windows), (1, windows.flip(2))):
                 pred = pooled_logits(head, backbone(x)[2]).argmax(1)  # [N]
                 right += int((pred == label).sum())
@@ -95,7 +95,7 @@ def test_command_line_end_to_end(data, tmp_path):
     # two videos, each with a forward and a reversed clip: 8 overlays and one grid per clip
     videos = sorted((out / "videos").iterdir())
     assert len(videos) == 2
-    first = test_set[0][0][0]  # the first window of the first test video [3,T,H,W]
+    first = test_set[0][0].tensor()[0]  # the first window of the first test video [3,T,H,W]
     for v, folder in enumerate(videos):
         grids = {}
         for direction in ("forward", "reversed"):
@@ -169,3 +169,23 @@ def test_bad_csv_stops_before_training(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"{bad}, line 1" in err
     assert not (tmp_path / "out" / "order_head.pth").exists()
+
+
+def test_drawing_decodes_only_the_first_window(data, tmp_path, monkeypatch):
+    import datasets.clips as clips_module
+    data_dir, _ = data
+    decoded = []
+    real = clips_module.iter_frames
+
+    def counting(folder, indices, need=None):
+        decoded.extend(indices)
+        return real(folder, indices, need)
+
+    monkeypatch.setattr(clips_module, "iter_frames", counting)
+    test_set = ClipDataset(data_dir / "test_small.csv", mode="test", seq=SEQ, img_dim=32)
+    backbone = build_backbone("r3d18").eval()
+    model = OrderClassifier(backbone, order_head(512))
+    assert len(test_set.video_clips(0)) == 2 and len(decoded) == 12  # the demo videos: 12 frames, 2 windows
+    decoded.clear()
+    folders = draw_videos(model, test_set, num_videos=2, out_dir=tmp_path, device=torch.device("cpu"))
+    assert len(folders) == 2 and decoded == list(range(SEQ)) * 2

@@ -111,12 +111,12 @@ def order_accuracy(model: OrderClassifier, dataset: ClipDataset, *, chunk: int, 
     hits = torch.zeros(2, dtype=torch.long)  # right answers per true class (forward, reversed)
     clips_seen = 0
     with torch.no_grad():
-        for clips, _ in tracker.progress(loader, desc="order accuracy"):  # [N,3,T,H,W]
-            for part in clips.split(chunk):
+        for clips, _ in tracker.progress(loader, desc="order accuracy"):  # VideoClips of N clips [3,T,H,W]
+            for part in clips.split(chunk):  # [n,3,T,H,W]
                 x, y = with_reversed(part.to(device))  # [2n,...], [2n]
                 pred = model(x).argmax(1)  # [2n]
                 hits += torch.bincount(y[pred == y], minlength=2).cpu()
-            clips_seen += clips.shape[0]
+            clips_seen += len(clips)
     return {
         "order_accuracy": float(hits.sum()) / (2 * clips_seen),
         "forward_accuracy": float(hits[0]) / clips_seen,
@@ -131,8 +131,8 @@ def draw_videos(model: OrderClassifier, dataset: ClipDataset, *, num_videos: int
     """Overlays and grids of the first window of the first ``num_videos`` test videos; returns the video folders."""
     folders = []
     for k in range(min(num_videos, len(dataset))):
-        clips, _ = dataset[k]  # [N,3,T,H,W]
-        x, y = with_reversed(clips[:1].to(device))  # [2,3,T,H,W]: forward, reversed
+        first = dataset.video_clips(k, max_windows=1).clips(0, 1)  # [1,3,T,H,W]: only its frames are decoded
+        x, y = with_reversed(first.to(device))  # [2,3,T,H,W]: forward, reversed
         cam = clip_cam(model.head.weight.detach(), high_map(model.backbone, x), y, tuple(x.shape[2:]))  # [2,T,H,W]
         folder = out_dir / "videos" / f"{k:03d}_{dataset.videos[k].path.name}"
         for i, direction in enumerate(CLASS_NAMES):
