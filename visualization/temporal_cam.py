@@ -24,14 +24,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from datasets import ClipDataset, DataError
+from datasets import ClipDataset, DataError, FrameDecodeError
 from datasets.loader import loader_kwargs
 from engine.checkpoint import CheckpointError, git_commit, load_backbone, save_checkpoint
 from engine.tracking import Tracker, format_args
 from evaluation.protocol import train_epoch
 from evaluation.report import write_json
 from models import BACKBONES, build_backbone
-from visualization.cam import CLASS_NAMES, OrderClassifier, clip_cam, order_head, to_rgb, with_reversed, write_clip_images
+from visualization.cam import (CLASS_NAMES, OrderClassifier, clip_cam, constant_cam_warning, order_head, to_rgb,
+                               with_reversed, write_clip_images)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,22 +145,25 @@ def draw_videos(model: OrderClassifier, dataset: ClipDataset, *, num_videos: int
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tracker = Tracker(out_dir)
-    tracker.print(format_args(vars(args), git_commit()))
 
-    # the CSVs first: a bad row stops the run before a large checkpoint is read
+    # every input first (the CSVs before a large checkpoint): a bad one stops the run before --out_dir is made
     train_set = ClipDataset(args.train_csv, mode="train", seq=args.seq, img_dim=args.img_dim)
     test_set = ClipDataset(args.test_csv, mode="test", seq=args.seq, img_dim=args.img_dim)
     backbone = build_backbone(args.arch)
-    if args.pretrained:
-        tracker.print(load_backbone(backbone, args.pretrained)["summary"])
+    loaded = load_backbone(backbone, args.pretrained)["summary"] if args.pretrained else None
     backbone.requires_grad_(False)  # frozen; train_epoch keeps it in eval mode: BN keeps its running statistics
     model = OrderClassifier(backbone, order_head(backbone.channels[2])).to(device)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(out_dir)
+    tracker.print(format_args(vars(args), git_commit()))
+    for note in (loaded, constant_cam_warning(args.arch, args.seq, args.img_dim)):
+        if note:
+            tracker.print(note)
 
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=False, collate_fn=with_reversed_batch,
@@ -184,10 +188,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """``main`` for the command line: a bad CSV or checkpoint ends with its message and status 1, no traceback."""
+    """``main`` for the command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and
+    status 1, no traceback; nothing is written to ``--out_dir`` when an input is bad."""
     try:
         main(argv)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, DataError, FrameDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
