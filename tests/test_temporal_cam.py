@@ -233,3 +233,23 @@ def test_drawing_decodes_only_the_first_window(data, tmp_path, monkeypatch):
     decoded.clear()
     folders = draw_videos(model, test_set, num_videos=2, out_dir=tmp_path, device=torch.device("cpu"))
     assert len(folders) == 2 and decoded == list(range(SEQ)) * 2
+
+
+def test_order_accuracy_forwards_a_long_video_in_chunks(data, tmp_path):
+    """Every window of a video, with its reversed copy, goes through the model at most ``chunk`` at a time."""
+    data_dir, _ = data
+    write_csv(tmp_path / "long.csv", [read_csv(data_dir / "test.csv")[0]])
+    test_set = ClipDataset(tmp_path / "long.csv", mode="test", seq=4, img_dim=32)  # 12 frames: 5 windows
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):  # says "forward" for every clip
+            calls.append(len(x))
+            return torch.tensor([[1.0, 0.0]]).expand(len(x), 2)
+
+    from visualization.temporal_cam import order_accuracy
+    from engine.tracking import Tracker
+    result = order_accuracy(Recorder(), test_set, chunk=2, workers=0, device=torch.device("cpu"),
+                            tracker=Tracker(tmp_path, enabled=False))
+    assert calls == [4, 4, 2] and result["clips"] == 5
+    assert result["forward_accuracy"] == 1.0 and result["reversed_accuracy"] == 0.0

@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out_dir", required=True, help="folder for the head, the accuracy and the images")
     p.add_argument("--arch", default="r3d18", choices=BACKBONES, help="backbone architecture (default: r3d18)")
     p.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
-    p.add_argument("--img_dim", type=int, default=224, help="clip height and width in pixels (default: 224)")
+    p.add_argument("--img_dim", type=int, default=224,
+                   help="clip height and width in pixels; where the backbone's last map is 1x1 a frame (r3d18 "
+                        "below 33) the CAM is constant and the tool warns (default: 224)")
     p.add_argument("--epochs", type=int, default=50, help="epochs of head training (default: 50)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default: 1e-3)")
     p.add_argument("--wd", type=float, default=1e-3, help="Adam weight decay of the head (default: 1e-3)")
