@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from datasets.index import DataError, read_csv
 from datasets.loader import loader_kwargs
 from engine.checkpoint import (git_commit, load_backbone, load_checkpoint, resolve_resume, rng_state,
                                save_checkpoint, set_rng_state)
@@ -186,8 +187,6 @@ def read_inputs(cfg: Protocol) -> tuple[Protocol, list[int], list[int]]:
     Returns ``cfg`` with ``num_classes`` set, and the (train, validation) indices of the train videos
     (see :func:`split_train_val`).
     """
-    from datasets.index import DataError, read_csv
-
     explicit = [(f"--num_classes {cfg.num_classes}", cfg.num_classes)] if cfg.num_classes else []
     explicit += [(f"--dataset {cfg.dataset}", NUM_CLASSES[cfg.dataset])] if cfg.dataset else []
     bound = min((k for _, k in explicit), default=None)
@@ -243,8 +242,6 @@ def split_train_val(names: Sequence[str], fraction: float, seed: int) -> tuple[l
     clips of one actor and scene), so a group never lands on both sides; other videos one by one.
     Units are drawn in a seeded random order until ``round(len(names) * fraction)`` videos are held out.
     """
-    from datasets.index import DataError
-
     units: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         match = _GROUP.match(name)
