@@ -13,9 +13,11 @@ import argparse
 
 import torch
 
-from evaluation.features import VideoFeatures, cached_features, clip_feature_set
+from datasets import DataError, FrameDecodeError
+from engine.checkpoint import CheckpointError
+from evaluation.features import ClipFeatureSamples, VideoFeatures, cached_features
 from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args, fit,
-                                 split_train_val, start_run, test_and_report, video_datasets)
+                                 read_inputs, seed_everything, start_run, test_and_report, video_datasets)
 from evaluation.report import write_json
 from evaluation.retrieval import format_recall_table, one_clip_per_video, recall_at_k, video_means
 
@@ -28,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     probe.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     probe.add_argument("--features", action="store_true",
                        help="extract pooled features once (cached in --out_dir) and train the linear layer on them: "
-                            "fast, for sweeping --lr/--wd; no train augmentation")
+                            "fast, for sweeping --lr/--wd; no train augmentation; each epoch draws one random "
+                            "window per train video, so long and short videos weigh the same")
     probe.add_argument("--retrieval", action="store_true",
                        help="nearest-neighbour retrieval instead of a probe: recall@1/5/10/20/50")
     probe.add_argument("--gallery", choices=("video", "one_clip"), default="video",
@@ -57,12 +60,13 @@ def retrieval(cfg: Protocol, features: dict, tracker, gallery_kind: str) -> dict
     return recalls
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    cfg = Protocol.from_flags(vars(args))
-    tracker, state, dev = start_run(cfg)
-    model = build_classifier(cfg, head="bn_linear", tracker=tracker)
+def run(args: argparse.Namespace) -> dict:
+    """The probe or retrieval of ``args``; every input is read and checked before ``--out_dir`` is written."""
+    cfg, train_idx, val_idx = read_inputs(Protocol.from_flags(vars(args)))
+    seed_everything(cfg.seed)
+    model, loaded = build_classifier(cfg, head="bn_linear")
     model.backbone.requires_grad_(False)
+    tracker, state, dev = start_run(cfg, notes=(loaded,))
     if args.retrieval:
         results = retrieval(cfg, cached_features(model, cfg, dev, tracker), tracker, args.gallery)
         tracker.close()
@@ -70,14 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.features:  # the head alone, on cached features of the deterministic test clips
         features = cached_features(model, cfg, dev, tracker)
-        train_idx, val_idx = split_train_val(len(features["train"]["labels"]), cfg.val_fraction, cfg.seed)
         net, frozen = model.head, None
-        train_set = clip_feature_set(features["train"], train_idx)
+        train_set = ClipFeatureSamples(features["train"], train_idx)
         val_set = VideoFeatures(features["train"], val_idx) if val_idx else None
         test_set = VideoFeatures(features["test"])
     else:
         net, frozen = model, model.backbone
-        train_set, val_set, test_set = video_datasets(cfg)
+        train_set, val_set, test_set = video_datasets(cfg, train_idx, val_idx)
 
     optimizer = torch.optim.SGD(model.head.parameters(), lr=cfg.lr, momentum=args.momentum, weight_decay=cfg.wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.schedule), gamma=0.1)
@@ -85,6 +88,15 @@ def main(argv: list[str] | None = None) -> dict:
     results = test_and_report(cfg, net, test_set, dev, tracker, {"protocol": "linear probe", **chosen})
     tracker.close()
     return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and status 1."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, DataError, FrameDecodeError) as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import argparse
 
 import torch
 
+from datasets import DataError, FrameDecodeError
+from engine.checkpoint import CheckpointError
 from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args, fit,
-                                 start_run, test_and_report, video_datasets)
+                                 read_inputs, seed_everything, start_run, test_and_report, video_datasets)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,12 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    cfg = Protocol.from_flags(vars(args))
-    tracker, state, dev = start_run(cfg)
-    model = build_classifier(cfg, head="linear", tracker=tracker, dropout=args.dropout)
-    train_set, val_set, test_set = video_datasets(cfg)
+def run(args: argparse.Namespace) -> dict:
+    """The fine-tuning of ``args``; every input is read and checked before ``--out_dir`` is written."""
+    cfg, train_idx, val_idx = read_inputs(Protocol.from_flags(vars(args)))
+    seed_everything(cfg.seed)
+    model, loaded = build_classifier(cfg, head="linear", dropout=args.dropout)
+    train_set, val_set, test_set = video_datasets(cfg, train_idx, val_idx)
+    tracker, state, dev = start_run(cfg, notes=(loaded,))
     optimizer = torch.optim.Adam([
         {"params": model.backbone.parameters(), "lr": cfg.lr * args.backbone_lr_scale},
         {"params": model.head.parameters(), "lr": cfg.lr},
@@ -45,6 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     results = test_and_report(cfg, model, test_set, dev, tracker, {"protocol": "fine-tuning", **chosen})
     tracker.close()
     return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and status 1."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, DataError, FrameDecodeError) as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 if __name__ == "__main__":

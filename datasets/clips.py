@@ -5,23 +5,26 @@ evaluation training augmentation: random resized crop (area 0.2-1, aspect 3/4-4/
 per clip, drawn on the stored frame), horizontal flip (p 0.5, whole clip), colour jitter
 (0.4, 0.4, 0.4, 0.1) with one draw for the whole clip applied with p 0.3, ImageNet
 normalisation.
-``mode='test'``: deterministic, ``(clips [N, 3, T, H, W], label)``: sliding windows with at
-least half overlap covering the video, times ``views`` square crops of side ``test_crop`` x
-short side ('center'; 'five' = four corners + centre; 'ten' = five + their flips); clip
-``w * V + v`` is window w, view v. N varies with the video length: use ``batch_size=1`` or
-a collate that concatenates.
+``mode='test'``: deterministic, ``(clips, label)`` with ``clips`` a :class:`VideoClips` of N
+clips ``[3, T, S, S]``: sliding windows with at least half overlap covering the video, times
+``views`` square crops of side ``test_crop`` x short side ('center'; 'five' = four corners +
+centre; 'ten' = five + their flips); clip ``w * V + v`` is window w, view v. N varies with the
+video length. ``VideoClips`` holds each needed frame's crops once, in uint8 (cropped and resized
+as the frame is decoded, so full-size frames are never all held); ``clips.split(n)`` yields the
+normalised float clips ``[n, 3, T, S, S]`` n at a time, ``clips.tensor()`` all of them at once.
+Use ``batch_size=1`` or a collate that concatenates (``VideoClips.cat``).
 A clip spans ``(seq - 1) * stride + 1`` frames; in a shorter video the indices are clamped
 to the last frame (the last frame repeats), so no labelled video is dropped.
 """
 
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from datasets.frames import decode_size, frame_size, read_frames
+from datasets.frames import Box, decode_size, frame_size, iter_frames, read_frames
 from datasets.index import read_csv
 from datasets.transforms import crop_resize, normalize, sample_box, view_boxes
 
@@ -33,6 +36,51 @@ def window_starts(frames: int, span: int) -> list[int]:
         return [0]
     count = math.ceil((frames - span) / (span / 2)) + 1
     return [round(k * (frames - span) / (count - 1)) for k in range(count)]
+
+
+class VideoClips:
+    """The N test clips of one video: uint8 crops of each needed frame, normalised on demand.
+
+    ``crops`` uint8 ``[F, B, 3, S, S]``: every needed frame cropped to each of B distinct boxes;
+    ``windows`` int64 ``[W, T]``: rows of ``crops`` of each window; ``views`` ``[(box, flip)]``, V of
+    them. Clip ``k`` is window ``k // V`` seen through view ``k % V``.
+    """
+
+    def __init__(self, crops: torch.Tensor, windows: torch.Tensor, views: Sequence[tuple[int, bool]]):
+        self.crops, self.windows, self.views = crops, windows, list(views)
+
+    def __len__(self) -> int:
+        return len(self.windows) * len(self.views)
+
+    def clips(self, start: int, stop: int) -> torch.Tensor:
+        """Clips ``start .. stop - 1``, normalised float ``[stop - start, 3, T, S, S]``."""
+        k = torch.arange(start, min(stop, len(self)))
+        view = k % len(self.views)
+        box = torch.tensor([self.views[v][0] for v in view.tolist()], dtype=torch.long)  # [n]
+        x = self.crops[self.windows[k // len(self.views)], box[:, None]]  # [n, T, 3, S, S] uint8
+        flip = torch.tensor([self.views[v][1] for v in view.tolist()], dtype=torch.bool)
+        if flip.any():
+            x[flip] = x[flip].flip(-1)
+        x = normalize(x.to(torch.float32).div_(255))
+        return x.transpose(1, 2).contiguous()  # [n, 3, T, S, S]
+
+    def split(self, size: int) -> Iterator[torch.Tensor]:
+        """The clips ``size`` at a time, in order (as ``Tensor.split`` on ``tensor()``)."""
+        for start in range(0, len(self), size):
+            yield self.clips(start, start + size)
+
+    def tensor(self) -> torch.Tensor:
+        """All N clips at once: float ``[N, 3, T, S, S]`` (4 bytes a value: mind long videos)."""
+        return self.clips(0, len(self))
+
+    @staticmethod
+    def cat(items: Sequence["VideoClips"]) -> "VideoClips":
+        """The clips of several videos (same views) after one another."""
+        if any(item.views != items[0].views for item in items):
+            raise ValueError("VideoClips.cat needs the same views for every video")
+        offsets = torch.tensor([0] + [len(item.crops) for item in items[:-1]]).cumsum(0).tolist()
+        return VideoClips(torch.cat([item.crops for item in items]),
+                          torch.cat([item.windows + o for item, o in zip(items, offsets)]), items[0].views)
 
 
 class ClipDataset(Dataset):
@@ -66,32 +114,39 @@ class ClipDataset(Dataset):
         """Frame indices of the clip starting at ``start``, clamped to the last frame."""
         return [min(start + t * self.stride, frames - 1) for t in range(self.seq)]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple["torch.Tensor | VideoClips", int]:
+        video = self.videos[i]
+        if self.mode == "test":
+            return self.video_clips(i), video.label
+        span = (self.seq - 1) * self.stride + 1
+        width, height = frame_size(video.path)
+        start = int(torch.randint(0, max(video.frames - span, 0) + 1, ()).item())
+        box = sample_box(width, height, self.crop_area)
+        frames = read_frames(video.path, self._indices(start, video.frames),
+                             decode_size([box], self.img_dim))  # [T, H, W, 3] uint8
+        clip = crop_resize(frames, box, self.img_dim)  # [T, 3, S, S] uint8
+        if torch.rand(()) < self.flip_p:
+            clip = clip.flip(-1)
+        x = self.color(clip.to(torch.float32, memory_format=torch.contiguous_format).div_(255))
+        return normalize(x).transpose(0, 1).contiguous(), video.label  # [3, T, S, S]
+
+    def video_clips(self, i: int, max_windows: int | None = None) -> VideoClips:
+        """The test clips of video ``i`` (its first ``max_windows`` windows; default all), decoding
+        only the frames they use, one at a time."""
         video = self.videos[i]
         span = (self.seq - 1) * self.stride + 1
         width, height = frame_size(video.path)
-        if self.mode == "train":
-            start = int(torch.randint(0, max(video.frames - span, 0) + 1, ()).item())
-            box = sample_box(width, height, self.crop_area)
-            frames = read_frames(video.path, self._indices(start, video.frames),
-                                 decode_size([box], self.img_dim))  # [T, H, W, 3] uint8
-            clip = crop_resize(frames, box, self.img_dim)  # [T, 3, S, S] uint8
-            if torch.rand(()) < self.flip_p:
-                clip = clip.flip(-1)
-            x = self.color(clip.to(torch.float32, memory_format=torch.contiguous_format).div_(255))
-            return normalize(x).transpose(0, 1).contiguous(), video.label  # [3, T, S, S]
         views = view_boxes(width, height, self.views, self.test_crop)
-        windows = [self._indices(start, video.frames) for start in window_starts(video.frames, span)]
+        boxes: list[Box] = list(dict.fromkeys(box for box, _ in views))  # distinct, in order
+        windows = [self._indices(start, video.frames) for start in window_starts(video.frames, span)[:max_windows]]
         needed = sorted({index for window in windows for index in window})
         row = {index: r for r, index in enumerate(needed)}
-        frames = read_frames(video.path, needed, decode_size([box for box, _ in views], self.img_dim))
-        clips = []
-        for window in windows:
-            selected = frames[[row[index] for index in window]]  # [T, H, W, 3]
-            crops = {box: crop_resize(selected, box, self.img_dim) for box, _ in views}
-            clips += [crops[box].flip(-1) if flip else crops[box] for box, flip in views]
-        x = torch.stack(clips).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-        return normalize(x).transpose(1, 2).contiguous(), video.label  # [N, 3, T, S, S]
+        crops = torch.empty(len(needed), len(boxes), 3, self.img_dim, self.img_dim, dtype=torch.uint8)
+        for r, frame in enumerate(iter_frames(video.path, needed, decode_size(boxes, self.img_dim))):
+            for b, box in enumerate(boxes):
+                crops[r, b] = crop_resize(frame[None], box, self.img_dim)[0]  # [3, S, S]
+        return VideoClips(crops, torch.tensor([[row[index] for index in window] for window in windows]),
+                          [(boxes.index(box), flip) for box, flip in views])
 
 
 class CentreClipDataset(Dataset):

@@ -1,7 +1,7 @@
 """Pooled backbone features of every clip of every video, extracted once and cached in ``out_dir``.
 
 Used by the fast linear probe (``eval_linear.py --features``: the linear layer is trained on the
-cached features) and by retrieval. Clips are the deterministic test clips (half-overlapping windows
+cached features, one random clip per video and epoch) and by retrieval. Clips are the deterministic test clips (half-overlapping windows
 x ``--test_views``), for the train and the test videos alike, so no augmentation is involved.
 
 The cache file is named by a hash of what determines its content — the checkpoint's bytes (or the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.tracking import Tracker
@@ -116,10 +116,19 @@ class VideoFeatures(Dataset):
         return self.features["feats"][start:start + count], int(self.features["labels"][v])
 
 
-def clip_feature_set(features: dict[str, Tensor], videos: list[int] | None = None) -> TensorDataset:
-    """One training sample per clip of the chosen videos: ``(feature [C], its video's label)``."""
-    per_video = VideoFeatures(features, videos)
-    items = [per_video[i] for i in range(len(per_video))]
-    feats = torch.cat([f for f, _ in items])  # [M,C]
-    labels = torch.cat([torch.full((len(f),), label) for f, label in items])  # [M]
-    return TensorDataset(feats, labels)
+class ClipFeatureSamples(Dataset):
+    """One training sample per video: ``(feature [C] of one of its clips, the video's label)``.
+
+    The clip is drawn uniformly with torch's global generator, which the training loop seeds per
+    (seed, epoch, index): each epoch sees one random window of every video, so a long video weighs
+    no more than a short one (as one random clip per video in ``ClipDataset``'s train mode)."""
+
+    def __init__(self, features: dict[str, Tensor], videos: list[int] | None = None):
+        self.per_video = VideoFeatures(features, videos)
+
+    def __len__(self) -> int:
+        return len(self.per_video)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        feats, label = self.per_video[i]  # [N_i,C]
+        return feats[int(torch.randint(len(feats), ()))], label

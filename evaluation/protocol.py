@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import random
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from datasets.index import DataError, read_csv
 from datasets.loader import loader_kwargs
 from engine.checkpoint import (git_commit, load_backbone, load_checkpoint, resolve_resume, rng_state,
                                save_checkpoint, set_rng_state)
+from engine.files import atomic_write
 from engine.sampling import ResumableSampler, SeededSamples
 from engine.tracking import Tracker, check_finite, format_args
 from evaluation.metrics import accuracy_report
@@ -51,10 +55,12 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
                       help="randomly initialised backbone: the baseline without pretraining")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=sorted(NUM_CLASSES), default="ucf101",
-                      help="downstream dataset, sets the number of classes (default: ucf101)")
+    data.add_argument("--dataset", choices=sorted(NUM_CLASSES), default=None,
+                      help="downstream dataset; its number of classes (101 or 51) must match the CSV labels "
+                           "(default: none: the classes are the labels' max + 1 over both CSVs)")
     data.add_argument("--num_classes", type=int, default=0,
-                      help="override the number of classes, e.g. for the demo data (default: 0 = from --dataset)")
+                      help="number of classes, must match the CSV labels (default: 0 = the labels' max + 1 over "
+                           "both CSVs)")
     data.add_argument("--train_csv", required=True, help="CSV of training videos: path,frames,label (no header)")
     data.add_argument("--test_csv", required=True, help="CSV of test videos: path,frames,label (no header)")
     data.add_argument("--class_names", default="",
@@ -64,8 +70,8 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
     data.add_argument("--test_views", choices=VIEWS, default="center",
                       help="spatial views per test window: centre crop, 5 or 10 (with flips) crops (default: center)")
     data.add_argument("--val_fraction", type=float, default=0.0,
-                      help="fraction of the train videos held out to choose an epoch; 0 reports the last epoch "
-                           "(default: 0)")
+                      help="fraction of the train videos held out to choose an epoch, whole UCF-101 groups "
+                           "(v_<Class>_gNN_*) at a time; 0 reports the last epoch (default: 0)")
     data.add_argument("--workers", type=int, default=4, help="data-loading processes (default: 4)")
 
     model = parser.add_argument_group("model")
@@ -98,7 +104,7 @@ def check_downstream_args(parser: argparse.ArgumentParser, cfg: "Protocol") -> N
     if not 0.0 <= cfg.val_fraction < 1.0:
         parser.error(f"--val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.num_classes < 0:
-        parser.error(f"--num_classes must be >= 1 (or 0 for the --dataset default), got {cfg.num_classes}")
+        parser.error(f"--num_classes must be >= 1 (or 0: from the CSV labels), got {cfg.num_classes}")
     if sorted(set(cfg.schedule)) != list(cfg.schedule):
         parser.error(f"--schedule must list increasing epochs, got {list(cfg.schedule)}")
 
@@ -117,7 +123,7 @@ class Protocol:
     pretrained: str = ""
     random_init: bool = False
     arch: str = "r3d18"
-    dataset: str = "ucf101"
+    dataset: str | None = None
     num_classes: int = 0
     class_names: str = ""
     seq: int = 16
@@ -145,7 +151,9 @@ class Protocol:
 
     @property
     def classes(self) -> int:
-        """Number of classes: ``num_classes`` when set, else the ``dataset``'s."""
+        """Number of classes: ``num_classes`` when set, else the ``dataset``'s (see :func:`read_inputs`)."""
+        if not (self.num_classes or self.dataset):
+            raise ValueError("the number of classes is not known: set num_classes (read_inputs does)")
         return self.num_classes or NUM_CLASSES[self.dataset]
 
     def class_name_list(self) -> list[str]:
@@ -170,54 +178,100 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(cfg: Protocol) -> tuple[Tracker, dict | None, torch.device]:
-    """Seed, load the resume checkpoint (if any), open the tracker and print the arguments.
+def read_inputs(cfg: Protocol) -> tuple[Protocol, list[int], list[int]]:
+    """Read and check every input named by ``cfg`` before anything is written; raise ``DataError``.
 
-    Returns the tracker, the resume state (or None) and the device to run on."""
-    seed_everything(cfg.seed)
+    Both CSVs (3 columns, at least one row, frame folders present), the number of classes and
+    ``class_names``. The classes are the labels' max + 1 over both CSVs; an explicit ``num_classes``
+    or ``dataset`` must equal it (a label beyond it is an error naming its file and line).
+    Returns ``cfg`` with ``num_classes`` set, and the (train, validation) indices of the train videos
+    (see :func:`split_train_val`).
+    """
+    explicit = [(f"--num_classes {cfg.num_classes}", cfg.num_classes)] if cfg.num_classes else []
+    explicit += [(f"--dataset {cfg.dataset}", NUM_CLASSES[cfg.dataset])] if cfg.dataset else []
+    bound = min((k for _, k in explicit), default=None)
+    rows = {path: read_csv(path, require_labels=True, num_classes=bound) for path in (cfg.train_csv, cfg.test_csv)}
+    found = max(r.label for records in rows.values() for r in records) + 1
+    for flag, k in explicit:
+        if k != found:
+            raise DataError(f"{flag} means {k} classes, but the labels of {cfg.train_csv} and {cfg.test_csv} "
+                            f"give {found} (max label {found - 1}); drop {flag.split()[0]} to take the classes "
+                            "from the labels, or fix the CSVs")
+    cfg = replace(cfg, num_classes=found)
+    if cfg.class_names:
+        read_class_names(cfg.class_names, found)
+    names = [record.path.name for record in rows[cfg.train_csv]]
+    train_idx, val_idx = split_train_val(names, cfg.val_fraction, cfg.seed)
+    return cfg, train_idx, val_idx
+
+
+def start_run(cfg: Protocol, notes: tuple[str, ...] = ()) -> tuple[Tracker, dict | None, torch.device]:
+    """Load the resume checkpoint (if any), then open the tracker and print the arguments and ``notes``.
+
+    Call it once every input is checked (:func:`read_inputs`, :func:`build_classifier`): the tracker
+    creates ``out_dir``. Returns the tracker, the resume state (or None) and the device to run on."""
     path = resolve_resume(cfg.resume, cfg.out_dir)
     state = load_checkpoint(path) if path else None
     tracker = Tracker(cfg.out_dir, purge_step=state["step"] if state else None)
     tracker.print(format_args(cfg.flags, git_commit()))
+    for note in notes:
+        tracker.print(note)
     if state:
         tracker.print(f"resuming from {path} (epoch {state['epoch']} done)")
     return tracker, state, device()
 
 
-def build_classifier(cfg: Protocol, head: str, tracker: Tracker, dropout: float = 0.0) -> VideoClassifier:
-    """``VideoClassifier`` with the ``pretrained`` backbone (loaded strictly) or a random one."""
+def build_classifier(cfg: Protocol, head: str, dropout: float = 0.0) -> tuple[VideoClassifier, str]:
+    """``VideoClassifier`` with the ``pretrained`` backbone (loaded strictly) or a random one, and a line
+    saying which; a missing or unfit checkpoint raises ``CheckpointError``."""
     model = VideoClassifier(cfg.arch, cfg.classes, head=head, dropout=dropout)
     if cfg.pretrained:
-        report = load_backbone(model.backbone, cfg.pretrained)
-        tracker.print(report["summary"])
-    else:
-        tracker.print(f"random initialisation of {cfg.arch} (seed {cfg.seed})")
-    return model
+        return model, load_backbone(model.backbone, cfg.pretrained)["summary"]
+    return model, f"random initialisation of {cfg.arch} (seed {cfg.seed})"
 
 
 # ----------------------------------------------------------------------------- data
 
-def split_train_val(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded random split of ``n`` train videos into (train, validation) indices, both sorted."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = round(n * fraction)
-    if fraction > 0 and not 0 < n_val < n:
-        raise ValueError(f"--val_fraction {fraction} of {n} train videos leaves an empty split; "
-                         "change --val_fraction")
-    return sorted(order[n_val:]), sorted(order[:n_val])
+_GROUP = re.compile(r"^v_(?P<group>.+_g\d+)_c\d+$")  # UCF-101: v_<Class>_g08_c01 -> <Class>_g08
 
 
-def video_datasets(cfg: Protocol) -> tuple[Dataset, Dataset | None, Dataset]:
-    """(train clips with augmentation, held-out train videos or None, test videos) from the CSVs."""
+def split_train_val(names: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split of the train videos ``names`` into (train, validation) indices, both sorted.
+
+    Videos named as UCF-101's ``v_<Class>_g<NN>_c<MM>`` are held out by group (``<Class>_g<NN>``: the
+    clips of one actor and scene), so a group never lands on both sides; other videos one by one.
+    Units are drawn in a seeded random order until ``round(len(names) * fraction)`` videos are held out.
+    """
+    units: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        match = _GROUP.match(name)
+        units.setdefault(match["group"] if match else f"video {i}", []).append(i)
+    groups = list(units.values())
+    n, n_val = len(names), round(len(names) * fraction)
+    val: list[int] = []
+    for u in torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist():
+        if len(val) >= n_val:
+            break
+        val += groups[u]
+    if fraction > 0 and not 0 < len(val) < n:
+        raise DataError(f"--val_fraction {fraction} of {n} train videos ({len(groups)} groups) leaves an empty "
+                        "split; change --val_fraction")
+    held_out = set(val)
+    return [i for i in range(n) if i not in held_out], sorted(val)
+
+
+def video_datasets(cfg: Protocol, train_idx: list[int], val_idx: list[int]) -> tuple[Dataset, Dataset | None, Dataset]:
+    """(train clips with augmentation, held-out train videos or None, test videos) from the CSVs.
+
+    ``train_idx``, ``val_idx``: the split of :func:`read_inputs`; no held-out set when ``val_idx`` is empty."""
     from datasets import ClipDataset
 
     k = cfg.classes  # the datasets check every label against it
     train = ClipDataset(cfg.train_csv, "train", seq=cfg.seq, img_dim=cfg.img_dim, num_classes=k)
     test = ClipDataset(cfg.test_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
                        num_classes=k)
-    if cfg.val_fraction == 0:
+    if not val_idx:
         return train, None, test
-    train_idx, val_idx = split_train_val(len(train), cfg.val_fraction, cfg.seed)
     held_out = ClipDataset(cfg.train_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
                            num_classes=k)
     return Subset(train, train_idx), Subset(held_out, val_idx), test
@@ -237,9 +291,13 @@ def train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed: int) 
                       num_workers=workers, drop_last=len(dataset) > batch_size, **loader_kwargs(workers))
 
 
-def collate_videos(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Videos of ``[N_i, ...]`` clips -> (clips ``[sum N_i, ...]``, labels ``[V]``, clip counts ``[V]``)."""
-    clips = torch.cat([c for c, _ in batch])
+def collate_videos(batch: list[tuple]) -> tuple:
+    """Videos of ``N_i`` clips -> (their ``sum N_i`` clips, labels ``[V]``, clip counts ``[V]``).
+
+    The clips of a video are a tensor ``[N_i, ...]`` (concatenated) or a ``datasets.clips.VideoClips``
+    (kept in uint8 and joined, to be normalised ``chunk`` at a time by :func:`predict_videos`)."""
+    first = batch[0][0]
+    clips = torch.cat([c for c, _ in batch]) if isinstance(first, Tensor) else type(first).cat([c for c, _ in batch])
     labels = torch.tensor([int(label) for _, label in batch])
     counts = torch.tensor([len(c) for c, _ in batch])
     return clips, labels, counts
@@ -293,7 +351,10 @@ def video_probs(clip_logits: Tensor, counts: Tensor) -> Tensor:
 @torch.no_grad()
 def predict_videos(model: nn.Module, loader: DataLoader, dev: torch.device, chunk: int,
                    tracker: Tracker | None = None) -> tuple[Tensor, Tensor]:
-    """Video-level class probabilities ``[V, K]`` and labels ``[V]``; clips forwarded ``chunk`` at a time."""
+    """Video-level class probabilities ``[V, K]`` and labels ``[V]``; clips forwarded ``chunk`` at a time.
+
+    ``loader`` yields what :func:`collate_videos` makes; a video's clips are only materialised in float
+    ``chunk`` at a time (``clips.split(chunk)``)."""
     model.eval()
     probs, labels = [], []
     batches = tracker.progress(loader, desc="test", leave=False) if tracker else loader
@@ -336,6 +397,18 @@ def load_trained_state(model: nn.Module, state: dict[str, Tensor], frozen: nn.Mo
     model.load_state_dict(state, strict=False)
 
 
+def drop_later_epochs(log_file: Path, epoch: int) -> None:
+    """Keep the lines of ``log.jsonl`` up to ``epoch`` (1-based), which a resume from that epoch's
+    checkpoint continues; later ones were written by the interrupted run and are written again."""
+    if not log_file.is_file():
+        return
+    lines = log_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epoch]
+    if kept != lines:
+        with atomic_write(log_file, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+
 def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
         optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, tracker: Tracker,
         state: dict | None, dev: torch.device, frozen: nn.Module | None = None) -> dict:
@@ -344,7 +417,8 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
     Reads ``out_dir``, ``epochs``, ``batch_size``, ``workers``, ``seed`` and ``flags`` of ``cfg``.
 
     ``frozen``: a submodule that must not change; checked after the first epoch, and left out of the
-    checkpoints (``last.pth``, ``best.pth``), which hold only what training changes. With a validation
+    checkpoints (``last.pth``, ``best.pth``), which hold only what training changes. After a resume,
+    TensorBoard scalars and ``log.jsonl`` equal an uninterrupted run's. With a validation
     set, each epoch is scored on it, ``best.pth`` keeps the best one and its weights are the ones
     tested. Returns ``{'epoch': tested epoch (1-based), 'selected_by': 'last epoch'|'validation top1', 'val_top1'}``.
     """
@@ -357,6 +431,7 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, step, best = state["epoch"], state["step"], state["best"]
+        drop_later_epochs(out_dir / "log.jsonl", start)
     loader = train_loader(train_set, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
     val = video_loader(val_set, workers=cfg.workers) if val_set is not None else None
     before = snapshot(frozen) if frozen is not None and start == 0 else None
@@ -371,14 +446,18 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
         if val is not None:
             probs, labels = predict_videos(model, val, dev, cfg.batch_size)
             record["val_top1"] = (probs.argmax(1) == labels).double().mean().item()
-            tracker.scalars({"top1": record["val_top1"]}, step, prefix="val/")
+            # at the epoch's last step: a resumed run purges the steps from its checkpoint's ``step`` on
+            tracker.scalars({"top1": record["val_top1"]}, step - 1, prefix="val/")
             if best["val_top1"] is None or record["val_top1"] > best["val_top1"]:
                 best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
                 save_checkpoint({"model": trained_state(model, frozen), "epoch": epoch + 1}, out_dir / "best.pth")
+        # the epoch's logs reach the disk before its checkpoint: a resume from an earlier one drops them
+        tracker.epoch(record)
+        if tracker.writer is not None:
+            tracker.writer.flush()
         save_checkpoint({"model": trained_state(model, frozen), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
                          "rng": rng_state(), "args": dict(cfg.flags)}, out_dir / "last.pth")
-        tracker.epoch(record)
         tracker.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
     if val is None:
         return {"epoch": cfg.epochs, "selected_by": "last epoch", "val_top1": None}

@@ -7,21 +7,24 @@ from pathlib import Path
 
 import torch
 
+from datasets.index import DataError
 from engine.files import atomic_write
 
 
 def read_class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
-    """Class names in label order, one per line; a leading index (UCF-101's ``classInd.txt``) is dropped."""
+    """Class names in label order, one per line; a leading index (UCF-101's ``classInd.txt``) is dropped.
+
+    Raises ``DataError`` when the file cannot be read or holds another number of names."""
     path = Path(path)
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as e:
-        raise ValueError(f"--class_names {path}: cannot read it ({e})") from e
+        raise DataError(f"--class_names {path}: cannot read it ({e})") from e
     names = [line.split(maxsplit=1)[1] if line.split()[0].isdigit() and len(line.split()) > 1 else line
              for line in lines]
     if len(names) != num_classes:
-        raise ValueError(f"--class_names {path}: {len(names)} names for {num_classes} classes; "
-                         "give one name per class, in label order, or set --num_classes")
+        raise DataError(f"--class_names {path}: {len(names)} names for {num_classes} classes (the CSV "
+                        "labels' max + 1); give one name per class, in label order")
     return names
 
 

@@ -22,9 +22,14 @@ are extracted by ``scripts/extract_frames.py`` at JPEG quality 90. Prints, per k
 disk of the videos and of the frames, and the samples/s of ``PretrainDataset`` (paper
 configuration, one core) on each, their ratio (target: videos >= 0.5x frames), and where a video
 sample's time goes (open + packet numbering, seeking + decoding, RGB conversion, the rest).
+With ``--test_loader``, also the peak resident memory (RSS) of a test-mode ``ClipDataset`` loader
+worker on one long video (``--long_frames`` 320x240 frames, 1,800 by default as UCF-101's longest)
+at the paper's evaluation settings: seq 16, img_dim 112, centre view (the issue's target: < 300 MB),
+and how much of it the video adds to what the forked worker held before (torch's libraries).
 """
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -36,10 +41,10 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from datasets import PretrainDataset
-from datasets.index import VideoRecord, frame_name, write_csv
+from datasets import ClipDataset, PretrainDataset
+from datasets.index import VideoRecord, frame_name, read_csv, write_csv
 from datasets.pretrain import sample_indices
 from datasets.videos import VideoReader
 from datasets.loader import keep_freed_memory, loader_kwargs
@@ -68,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--loader", action="store_true",
                         help="also time a DataLoader with one worker (batches of 8, after the first)")
+    parser.add_argument("--test_loader", action="store_true",
+                        help="also report the peak RSS of a test-mode ClipDataset loader worker on one long video")
+    parser.add_argument("--long_frames", type=int, default=1800,
+                        help="frames of the long video of --test_loader (default 1800)")
     return parser.parse_args(argv)
 
 
@@ -257,15 +266,49 @@ def main_videos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rss_mib() -> float:
+    """This process's resident memory now, in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class _PeakRSS(Dataset):
+    """``(item, RSS before, peak RSS after)`` of each item, both in MiB, measured in the loading process."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        before = _rss_mib()
+        item = self.dataset[i]
+        return item, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def test_loader_rss(root: Path, frames: int, quality: int, seed: int) -> tuple[float, float, int]:
+    """(worker RSS before the item, worker peak RSS, clips) of a one-worker test loader over one
+    ``frames``-frame video at seq 16, img_dim 112, centre view."""
+    csv_file = build_frames(root / "long", 1, frames, quality, seed)
+    write_csv(csv_file, [record._replace(label=0) for record in read_csv(csv_file)])  # a labelled CSV
+    dataset = ClipDataset(csv_file, "test", seq=16, img_dim=112, views="center")
+    loader = DataLoader(_PeakRSS(dataset), batch_size=None, num_workers=1, **loader_kwargs(1))
+    (clips, _), before, peak = next(iter(loader))
+    return before, peak, len(clips)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # one core, as a DataLoader worker
-    keep_freed_memory()  # as in a DataLoader worker
     torch.manual_seed(args.seed)
     if args.source == "videos":
         return main_videos(args)
     args.videos, args.frames, args.quality = args.videos or 6, args.frames or 120, args.quality or 85
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        # first, so that the forked worker starts from a parent that has not kept freed memory
+        rss = test_loader_rss(Path(tmp), args.long_frames, args.quality, args.seed) if args.test_loader else None
+        keep_freed_memory()  # as in a DataLoader worker
         csv_file = build_frames(Path(tmp), args.videos, args.frames, args.quality, args.seed)
         paths = sorted(Path(tmp, "frames").glob("*/*.jpg"))
         size = sum(path.stat().st_size for path in paths) / len(paths) / 1024
@@ -288,6 +331,11 @@ def main(argv=None) -> int:
     if loader is not None:
         print(f"DataLoader, 1 worker, batch 8:         {loader * source:8.0f} source frames/s "
               f"({loader:.1f} samples/s, ratio {loader * source / best_raw:.3f})")
+    if rss is not None:
+        before, peak, clips = rss
+        print(f"test loader worker, {args.long_frames}-frame 320x240 video ({clips} clips, seq 16, img_dim 112, "
+              f"center): peak RSS {peak:.0f} MiB, {peak - before:.0f} MiB above the {before:.0f} MiB the worker "
+              "held before it (target < 300 MB)")
     return 0
 
 

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from datasets import ClipDataset, DataError, denormalize
-from datasets.clips import window_starts
+from datasets.clips import VideoClips, window_starts
 from datasets.index import frame_name
 from scripts.extract_frames import extract_video
 from tests.synthetic_video import encode, grey_frames, textured_frames
@@ -44,20 +44,24 @@ def test_window_starts_cover_with_half_overlap(frames, span):
 @pytest.mark.parametrize("views, count", [("center", 1), ("five", 5), ("ten", 10)])
 def test_test_mode_windows_times_views(tmp_path, views, count):
     dataset = ClipDataset(_csv(tmp_path, [(20, 1)]), "test", seq=4, img_dim=8, stride=2, views=views)
-    clips, label = dataset[0]
+    video, label = dataset[0]
+    clips = video.tensor()
     windows = window_starts(20, 7)  # span (4 - 1) * 2 + 1
     assert clips.shape == (len(windows) * count, 3, 4, 8, 8) and label == 1
     for w, start in enumerate(windows):
         for v in range(count):
             assert _frame_indices(clips[w * count + v]) == [start, start + 2, start + 4, start + 6]
-    torch.testing.assert_close(dataset[0][0], clips)  # deterministic
+    torch.testing.assert_close(dataset[0][0].tensor(), clips)  # deterministic
+    assert len(video) == len(clips)
+    torch.testing.assert_close(torch.cat(list(video.split(3))), clips)  # chunks of 3 clips give the same
+    assert [len(part) for part in video.split(3)] == [3] * (len(clips) // 3) + ([len(clips) % 3] if len(clips) % 3 else [])
     if views == "ten":
         torch.testing.assert_close(clips[5:10], clips[0:5].flip(-1))
 
 
 def test_short_video_repeats_its_last_frame(tmp_path):
     dataset = ClipDataset(_csv(tmp_path, [(3, 0)]), "test", seq=5, img_dim=8)
-    clips, _ = dataset[0]
+    clips = dataset[0][0].tensor()
     assert clips.shape == (1, 3, 5, 8, 8) and _frame_indices(clips[0]) == [0, 1, 2, 2, 2]
     train = ClipDataset(tmp_path / "c.csv", "train", seq=5, img_dim=8, jitter_p=0.0)
     assert _frame_indices(train[0][0]) == [0, 1, 2, 2, 2]
@@ -115,6 +119,7 @@ def test_video_rows_give_the_clips_of_their_frame_folders(tmp_path):
         for name in ("v", "f"):
             torch.manual_seed(3)
             clips, label = ClipDataset(tmp_path / f"{name}.csv", mode, seq=4, img_dim=16, **kwargs)[0]
+            clips = clips.tensor() if isinstance(clips, VideoClips) else clips
             out[name] = denormalize(clips.transpose(-4, -3), channel_dim=-3)
             assert label == 1
         assert out["v"].shape == out["f"].shape == ((len(window_starts(30, 7)) * 5, 4, 3, 16, 16) if mode == "test"
@@ -132,5 +137,63 @@ def test_a_csv_mixing_videos_and_folders(tmp_path):
     dataset = ClipDataset(tmp_path / "c.csv", "test", seq=4, img_dim=8, stride=3)
     for i in (0, 1):
         clips, label = dataset[i]
+        clips = clips.tensor()
         assert label == i and clips.shape == (1, 3, 4, 8, 8)
         assert _frame_indices(clips[0]) == [0, 3, 6, 9]
+
+
+def _reference_test_clips(dataset, i):
+    """The test clips as the dataset made them before VideoClips: all needed frames decoded, each
+    window cropped and resized as a whole, stacked in float."""
+    from datasets.frames import decode_size, frame_size, read_frames
+    from datasets.transforms import crop_resize, normalize, view_boxes
+    video = dataset.videos[i]
+    width, height = frame_size(video.path)
+    views = view_boxes(width, height, dataset.views, dataset.test_crop)
+    span = (dataset.seq - 1) * dataset.stride + 1
+    windows = [dataset._indices(start, video.frames) for start in window_starts(video.frames, span)]
+    frames = read_frames(video.path, list(range(video.frames)), decode_size([b for b, _ in views], dataset.img_dim))
+    clips = []
+    for window in windows:
+        for box, flip in views:
+            crop = crop_resize(frames[window], box, dataset.img_dim)
+            clips.append(crop.flip(-1) if flip else crop)
+    x = torch.stack(clips).float().div(255)
+    return normalize(x).transpose(1, 2).contiguous()
+
+
+def test_video_clips_equal_whole_window_crops_and_join(tmp_path):
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(23):
+        pixels = torch.randint(0, 256, (30, 40, 3), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / frame_name(i), quality=95)
+    (tmp_path / "n.csv").write_text("noise,23,0\nnoise,9,1\n")
+    dataset = ClipDataset(tmp_path / "n.csv", "test", seq=6, img_dim=12, views="ten")
+    for i in range(2):
+        torch.testing.assert_close(dataset[i][0].tensor(), _reference_test_clips(dataset, i), rtol=0, atol=0)
+    (a, _), (b, _) = dataset[0], dataset[1]
+    joined = VideoClips.cat([a, b])
+    assert len(joined) == len(a) + len(b)
+    torch.testing.assert_close(joined.tensor(), torch.cat([a.tensor(), b.tensor()]), rtol=0, atol=0)
+    assert a.crops.dtype == torch.uint8 and a.crops.shape == (23, 5, 3, 12, 12)  # each frame once, 5 boxes
+
+
+def test_video_clips_decode_only_the_windows_asked_for(tmp_path, monkeypatch):
+    import datasets.clips as clips_module
+    decoded = []
+    real = clips_module.iter_frames
+
+    def counting(folder, indices, need=None):
+        for frame in real(folder, indices, need):
+            decoded.append(1)
+            yield frame
+
+    monkeypatch.setattr(clips_module, "iter_frames", counting)
+    dataset = ClipDataset(_csv(tmp_path, [(40, 0)]), "test", seq=4, img_dim=8)
+    first = dataset.video_clips(0, max_windows=1)
+    assert len(decoded) == 4 and len(first) == 1
+    assert _frame_indices(first.tensor()[0]) == [0, 1, 2, 3]
+    decoded.clear()
+    assert len(dataset[0][0]) == len(window_starts(40, 4)) and len(decoded) == 40  # every frame once

@@ -1,15 +1,20 @@
 """eval_linear.py end to end on the demo data: probe, cached features, retrieval, errors."""
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import eval_linear
-from datasets import DataError, read_csv
-from engine.checkpoint import CheckpointError, save_checkpoint
+from datasets import read_csv
+from engine.checkpoint import save_checkpoint
 from models import MFOModel
 from datasets.demo import make_demo_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +123,71 @@ def test_checkpoint_with_missing_backbone_keys_is_an_error(demo, tmp_path):
     state = torch.load(demo["ckpt"], weights_only=True)
     del state["model"]["backbone.layer4.1.conv2.1.running_var"]
     bad = save_checkpoint(state, tmp_path / "partial.pth")
-    args = cli(demo, tmp_path, "--epochs", "1")
+    args = cli(demo, tmp_path / "out", "--epochs", "1")
     args[1] = str(bad)
-    with pytest.raises(CheckpointError, match=r"1 missing key\(s\) \[layer4.1.conv2.1.running_var\]"):
+    with pytest.raises(SystemExit, match=r"^error: .*1 missing key\(s\) \[layer4.1.conv2.1.running_var\]"):
         eval_linear.main(args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_labels_beyond_num_classes_are_a_readable_error(demo, tmp_path):
-    args = cli(demo, tmp_path, "--epochs", "1")
+    args = cli(demo, tmp_path / "out", "--epochs", "1")
     args[args.index("--num_classes") + 1] = "1"
     args[args.index("--class_names"):args.index("--class_names") + 2] = []
-    with pytest.raises(DataError, match=r"train.csv, line \d+: label \d+ out of range"):
+    with pytest.raises(SystemExit, match=r"^error: .*train.csv, line \d+: label \d+ out of range"):
         eval_linear.main(args)
+    assert not (tmp_path / "out").exists()
+
+
+def replace_flag(args, flag, value):
+    args = list(args)
+    args[args.index(flag) + 1] = str(value)
+    return args
+
+
+@pytest.mark.parametrize("case", ["two_columns", "empty_test", "missing_ckpt", "garbage_ckpt", "wrong_dataset"])
+def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(demo, tmp_path, case):
+    out = tmp_path / "out"
+    args = cli(demo, out, "--epochs", "1")
+    if case == "two_columns":
+        (tmp_path / "two.csv").write_text("".join(f"{r.path},{r.frames}\n" for r in
+                                                  read_csv(demo["root"] / "train.csv")))
+        args, expected = replace_flag(args, "--train_csv", tmp_path / "two.csv"), "two.csv, line 1: 2 columns"
+    elif case == "empty_test":
+        (tmp_path / "empty.csv").write_text("")
+        args, expected = replace_flag(args, "--test_csv", tmp_path / "empty.csv"), "empty.csv: no rows"
+    elif case == "missing_ckpt":
+        args, expected = replace_flag(args, "--pretrained", tmp_path / "nope.pth"), "checkpoint not found"
+    elif case == "garbage_ckpt":
+        (tmp_path / "garbage.pth").write_bytes(bytes(range(256)) * 64)
+        args, expected = replace_flag(args, "--pretrained", tmp_path / "garbage.pth"), "cannot read checkpoint"
+    else:
+        args, expected = replace_flag(args, "--num_classes", 0) + ["--dataset", "hmdb51"], "--dataset hmdb51 means 51"
+        args[args.index("--class_names"):args.index("--class_names") + 2] = []
+    with pytest.raises(SystemExit) as stop:
+        eval_linear.main(args)
+    assert str(stop.value).startswith("error: ") and expected in str(stop.value)
+    assert not out.exists()
+
+
+def test_command_line_error_is_one_line_without_traceback(demo, tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    args = replace_flag(cli(demo, tmp_path / "out", "--epochs", "1"), "--test_csv", tmp_path / "empty.csv")
+    done = subprocess.run([sys.executable, "eval_linear.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'empty.csv'}: no rows; build it with "
+                                                "scripts/make_csv.py"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_classes_come_from_the_labels(demo, tmp_path):
+    """Without --num_classes or --dataset the head has max label + 1 = 4 outputs (not UCF-101's 101)."""
+    args = cli(demo, tmp_path, "--features", "--epochs", "1", "--schedule")
+    args[args.index("--num_classes"):args.index("--num_classes") + 2] = []
+    eval_linear.main(args)
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert last["model"]["2.weight"].shape == (len(demo["classes"]), 512)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -1,4 +1,5 @@
 """Feature extraction and its cache key; per-video and per-clip feature datasets."""
+from collections import Counter
 from dataclasses import replace
 
 
@@ -6,8 +7,9 @@ import torch
 from torch import nn
 
 from engine.checkpoint import save_checkpoint
-from evaluation.protocol import Protocol, video_loader
-from evaluation.features import VideoFeatures, cache_description, cache_path, clip_feature_set, extract_features
+from evaluation.protocol import Protocol, train_loader, video_loader
+from evaluation.features import (ClipFeatureSamples, VideoFeatures, cache_description, cache_path,
+                                 extract_features)
 
 
 class SumFeatures(nn.Module):
@@ -40,9 +42,26 @@ def test_video_features_and_clip_samples():
     feats, label = per_video[1]
     assert label == 8 and feats.tolist() == [[4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]
     assert VideoFeatures(features)[0][0].tolist() == [[0.0, 1.0], [2.0, 3.0]]
-    clips = clip_feature_set(features, [0, 2])
-    assert clips.tensors[0].tolist() == [[0.0, 1.0], [2.0, 3.0], [10.0, 11.0]]
-    assert clips.tensors[1].tolist() == [7, 7, 9]
+
+
+def test_clip_samples_weigh_long_and_short_videos_equally():
+    """A 200-clip video and a 1-clip video: one sample each per epoch, the long one's clip drawn uniformly."""
+    long_clips, short_clip = torch.arange(200.0)[:, None].expand(200, 2), torch.full((1, 2), -1.0)
+    features = {"feats": torch.cat([long_clips, short_clip]), "counts": torch.tensor([200, 1]),
+                "labels": torch.tensor([3, 5])}
+    samples = ClipFeatureSamples(features)
+    assert len(samples) == 2
+    loader = train_loader(samples, batch_size=2, workers=0, seed=0)
+    per_video, drawn = Counter(), Counter()
+    for epoch in range(300):
+        loader.sampler.set_epoch(epoch)
+        for feats, labels in loader:  # [2,C], [2]
+            per_video.update(labels.tolist())
+            drawn.update(int(f[0]) for f, y in zip(feats, labels) if y == 3)
+    assert per_video == {3: 300, 5: 300}  # equal weight, whatever the number of clips
+    assert min(drawn) >= 0 and max(drawn) < 200 and len(drawn) > 150  # uniform over the long video's clips
+    assert samples[1][1] == 5 and samples[1][0].tolist() == [-1.0, -1.0]
+    assert len(ClipFeatureSamples(features, [0])) == 1
 
 
 def test_cache_key_follows_checkpoint_data_and_settings(tmp_path):

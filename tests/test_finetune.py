@@ -58,3 +58,22 @@ def test_dropout_out_of_range_is_refused(demo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         finetune.parse_args(cli(demo, tmp_path, "--dropout", "1.0"))
     assert "--dropout must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["two_columns", "garbage_ckpt"])
+def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(demo, tmp_path, case):
+    out = tmp_path / "out"
+    args = cli(demo, out, "--epochs", "1")
+    if case == "two_columns":
+        (tmp_path / "two.csv").write_text("".join(f"{r.path},{r.frames}\n" for r in read_csv(demo / "test.csv")))
+        args[args.index("--test_csv") + 1] = str(tmp_path / "two.csv")
+        expected = "two.csv, line 1: 2 columns, expected 3 columns"
+    else:
+        (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint" * 100)
+        args[args.index("--random_init")] = "--pretrained"
+        args.insert(1, str(tmp_path / "garbage.pth"))
+        expected = "cannot read checkpoint"
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(args)
+    assert str(stop.value).startswith("error: ") and expected in str(stop.value)
+    assert not out.exists()

@@ -1,14 +1,18 @@
 """evaluation.protocol: video-level aggregation, frozen backbone, training loop, resume."""
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from evaluation.protocol import (Protocol, assert_unchanged, collate_videos, fit, load_trained_state, predict_videos, snapshot,
-                               split_train_val, start_run, train_epoch, trained_state, video_loader, video_probs)
+from datasets import DataError
+from evaluation.protocol import (Protocol, assert_unchanged, collate_videos, fit, load_trained_state, predict_videos,
+                                 read_inputs, snapshot, split_train_val, start_run, train_epoch, trained_state,
+                                 video_loader, video_probs)
 from engine.tracking import Tracker
 
 
@@ -76,13 +80,40 @@ def test_collate_videos_concatenates_and_counts():
 
 
 def test_split_train_val_is_a_seeded_partition():
-    train, val = split_train_val(20, 0.25, seed=3)
+    names = [f"video_{i:03d}" for i in range(20)]
+    train, val = split_train_val(names, 0.25, seed=3)
     assert len(val) == 5 and sorted(train + val) == list(range(20))
-    assert split_train_val(20, 0.25, seed=3) == (train, val)
-    assert split_train_val(20, 0.25, seed=4) != (train, val)
-    assert split_train_val(5, 0.0, seed=0) == ([0, 1, 2, 3, 4], [])
+    assert split_train_val(names, 0.25, seed=3) == (train, val)
+    assert split_train_val(names, 0.25, seed=4) != (train, val)
+    assert split_train_val(names[:5], 0.0, seed=0) == ([0, 1, 2, 3, 4], [])
     with pytest.raises(ValueError, match="empty split"):
-        split_train_val(3, 0.1, seed=0)
+        split_train_val(names[:3], 0.1, seed=0)
+
+
+def ucf_names(classes=3, groups=6, clips=(1, 4)):
+    """UCF-101-style names v_<Class>_gNN_cMM, with a varying number of clips per group."""
+    return [f"v_Class{c}_g{g:02d}_c{k:02d}" for c in range(classes) for g in range(8, 8 + groups)
+            for k in range(1, 1 + clips[0] + (c + g) % clips[1])]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_split_train_val_keeps_ucf101_groups_on_one_side(seed):
+    names = ucf_names()
+    train, val = split_train_val(names, 0.2, seed=seed)
+    assert sorted(train + val) == list(range(len(names))) and val
+    group = [name.rsplit("_c", 1)[0] for name in names]  # v_Class0_g08
+    assert not {group[i] for i in train} & {group[i] for i in val}
+    assert abs(len(val) - 0.2 * len(names)) <= 4  # whole groups of at most 4 clips: near the fraction
+    assert split_train_val(names, 0.2, seed=seed) == (train, val)
+    # the same group number in two classes is two groups (groups are defined per action)
+    assert {group[i].split("_g")[1] for i in val} & {group[i].split("_g")[1] for i in train}
+
+
+def test_split_train_val_mixes_groups_and_plain_names():
+    names = ["v_A_g01_c01", "v_A_g01_c02", "v_A_g01_c03", "clip_x", "clip_y", "clip_z", "v_B_g02_c01"]
+    for seed in range(6):
+        train, val = split_train_val(names, 0.3, seed=seed)
+        assert {0, 1, 2} <= set(train) or {0, 1, 2} <= set(val)
 
 
 class BNNet(nn.Module):
@@ -209,3 +240,86 @@ def test_checkpoints_leave_out_the_frozen_backbone():
         load_trained_state(other, {"head.weight": state["head.weight"]}, other.backbone)
     with pytest.raises(RuntimeError, match=r"unexpected \['backbone.0.weight'\]"):
         load_trained_state(other, {**state, "backbone.0.weight": torch.zeros(6, 4)}, other.backbone)
+
+
+def labelled_csvs(tmp_path, train_labels, test_labels):
+    """train.csv and test.csv over empty frame folders (read_inputs reads no frames)."""
+    paths = []
+    for name, labels in (("train", train_labels), ("test", test_labels)):
+        rows = ""
+        for i, label in enumerate(labels):
+            (tmp_path / f"{name}_{i}").mkdir()
+            rows += f"{name}_{i},20,{label}\n"
+        (tmp_path / f"{name}.csv").write_text(rows)
+        paths.append(str(tmp_path / f"{name}.csv"))
+    return paths
+
+
+def test_read_inputs_takes_the_classes_from_the_labels(tmp_path):
+    train_csv, test_csv = labelled_csvs(tmp_path, [0, 3, 1, 2, 4], [50, 2])  # HMDB-51-like: max label 50
+    cfg = Protocol(train_csv=train_csv, test_csv=test_csv, out_dir=str(tmp_path / "out"))
+    resolved, train, val = read_inputs(cfg)
+    assert resolved.classes == 51 and (train, val) == ([0, 1, 2, 3, 4], [])
+    assert read_inputs(replace(cfg, dataset="hmdb51"))[0].classes == 51
+    assert read_inputs(replace(cfg, num_classes=51, dataset="hmdb51"))[0].classes == 51
+    with pytest.raises(DataError, match=r"--dataset ucf101 means 101 classes, .* give 51 \(max label 50\); drop "
+                                        r"--dataset"):
+        read_inputs(replace(cfg, dataset="ucf101"))
+    with pytest.raises(DataError, match=r"--num_classes 60 means 60 classes"):
+        read_inputs(replace(cfg, num_classes=60))
+    with pytest.raises(DataError, match=r"test.csv, line 1: label 50 out of range, expected \[0, 40\)"):
+        read_inputs(replace(cfg, num_classes=40))
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    with pytest.raises(DataError, match="2 names for 51 classes"):
+        read_inputs(replace(cfg, class_names=str(tmp_path / "names.txt")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_inputs_checks_both_csvs_and_the_split(tmp_path):
+    train_csv, test_csv = labelled_csvs(tmp_path, [0, 1, 1], [1])
+    cfg = Protocol(train_csv=train_csv, test_csv=test_csv, out_dir=str(tmp_path / "out"))
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty.csv: no rows"):
+        read_inputs(replace(cfg, test_csv=str(tmp_path / "empty.csv")))
+    (tmp_path / "two.csv").write_text("train_0,20\n")
+    with pytest.raises(DataError, match=r"two.csv, line 1: 2 columns, expected 3"):
+        read_inputs(replace(cfg, train_csv=str(tmp_path / "two.csv")))
+    with pytest.raises(DataError, match="empty split"):
+        read_inputs(replace(cfg, val_fraction=0.1))
+    assert read_inputs(replace(cfg, val_fraction=0.4))[1:] in [([0, 1], [2]), ([0, 2], [1]), ([1, 2], [0])]
+
+
+def scalars(out_dir):
+    """Every TensorBoard scalar of a run, as read by TensorBoard: {tag: [(step, value)]}."""
+    acc = EventAccumulator(str(out_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_logs_after_a_kill_and_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch):
+    run_fit(tmp_path / "full", 3, with_val=True)
+
+    import evaluation.protocol as protocol
+    real_save, saves = protocol.save_checkpoint, []
+
+    def killed_at_the_third_last_pth(state, path):
+        if path.name == "last.pth":
+            saves.append(state["epoch"])
+            if len(saves) == 3:  # epoch 3 is trained, validated and logged: killed before its checkpoint
+                raise KeyboardInterrupt
+        return real_save(state, path)
+
+    monkeypatch.setattr(protocol, "save_checkpoint", killed_at_the_third_last_pth)
+    opened = []
+    monkeypatch.setattr(protocol, "Tracker", lambda *a, **k: opened.append(Tracker(*a, **k)) or opened[-1])
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(tmp_path / "split", 3, with_val=True)
+    opened[-1].close()  # everything the killed run logged is on disk
+    monkeypatch.setattr(protocol, "save_checkpoint", real_save)
+    run_fit(tmp_path / "split", 3, resume="auto", with_val=True, net_seed=123)
+
+    full, split = scalars(tmp_path / "full"), scalars(tmp_path / "split")
+    assert sorted(full) == ["train/acc", "train/loss", "train/lr", "val/top1"]
+    assert [step for step, _ in full["val/top1"]] == [4, 9, 14]  # the last step of each 5-step epoch
+    assert split == full
+    assert (tmp_path / "split" / "log.jsonl").read_text() == (tmp_path / "full" / "log.jsonl").read_text()

@@ -16,8 +16,8 @@ from engine.checkpoint import CheckpointError, save_checkpoint
 from engine.checkpoint import load_backbone
 from models import MFOModel, build_backbone
 from datasets.demo import make_demo_data
-from visualization.cam import order_head, pooled_logits, to_rgb
-from visualization.temporal_cam import main, parse_args, run
+from visualization.cam import OrderClassifier, constant_cam_warning, high_map_size, order_head, pooled_logits, to_rgb
+from visualization.temporal_cam import draw_videos, main, parse_args, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ, IMG = 8, 48  # 48 px: a 2x2 high map, so the CAM varies over the frame
@@ -82,7 +82,7 @@ def test_command_line_end_to_end(data, tmp_path):
     right, clips = 0, 0
     with torch.no_grad():
         for k in range(len(test_set)):
-            windows, _ = test_set[k]  # [N,3,T,H,W]
+            windows = test_set[k][0].tensor()  # [N,3,T,H,W]
             for label, x in ((0, windows), (1, windows.flip(2))):
                 pred = pooled_logits(head, backbone(x)[2]).argmax(1)  # [N]
                 right += int((pred == label).sum())
@@ -95,7 +95,7 @@ def test_command_line_end_to_end(data, tmp_path):
     # two videos, each with a forward and a reversed clip: 8 overlays and one grid per clip
     videos = sorted((out / "videos").iterdir())
     assert len(videos) == 2
-    first = test_set[0][0][0]  # the first window of the first test video [3,T,H,W]
+    first = test_set[0][0].tensor()[0]  # the first window of the first test video [3,T,H,W]
     for v, folder in enumerate(videos):
         grids = {}
         for direction in ("forward", "reversed"):
@@ -156,7 +156,7 @@ def test_missing_checkpoint_is_a_readable_error(data, tmp_path, capsys):
     assert run(cli(data_dir, tmp_path / "out", "--pretrained", str(missing))) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint not found") and str(missing) in err and "Traceback" not in err
-    assert not (tmp_path / "out" / "order_head.pth").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_csv_stops_before_training(data, tmp_path, capsys):
@@ -168,4 +168,88 @@ def test_bad_csv_stops_before_training(data, tmp_path, capsys):
     assert run(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"{bad}, line 1" in err
-    assert not (tmp_path / "out" / "order_head.pth").exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["two_columns", "empty_test", "garbage_ckpt"])
+def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(data, tmp_path, capsys, case):
+    data_dir, _ = data
+    args = cli(data_dir, tmp_path / "out", "--random_init")
+    if case == "two_columns":
+        (tmp_path / "two.csv").write_text("".join(f"{r.path},{r.frames}\n" for r in read_csv(data_dir / "test.csv")))
+        args[args.index("--train_csv") + 1], expected = str(tmp_path / "two.csv"), "two.csv, line 1: 2 columns"
+    elif case == "empty_test":
+        (tmp_path / "empty.csv").write_text("\n")
+        args[args.index("--test_csv") + 1], expected = str(tmp_path / "empty.csv"), "empty.csv: no rows"
+    else:
+        (tmp_path / "garbage.pth").write_bytes(bytes(range(256)) * 16)
+        args[args.index("--random_init"):args.index("--random_init") + 1] = ["--pretrained", str(tmp_path / "garbage.pth")]
+        expected = "cannot read checkpoint"
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_constant_map_is_warned_with_the_size_where_it_varies(data, tmp_path, capsys):
+    data_dir, _ = data
+    small = cli(data_dir, tmp_path / "small", "--random_init", "--epochs", "1", "--num_videos", "0")
+    small[small.index("--img_dim") + 1] = "32"
+    main(small)
+    # r3d18 halves the frame 5 times, rounding up: ceil(32 / 32) = 1 position, ceil(33 / 32) = 2
+    out = capsys.readouterr().out
+    assert ("warning: at --img_dim 32 the r3d18 high map is 1x1x1 (t x h x w), so the CAM is constant over each "
+            "frame and the whole clip: every overlay is one flat colour; it varies over the frame from --img_dim 33"
+            in out)
+    main(cli(data_dir, tmp_path / "large", "--random_init", "--epochs", "1", "--num_videos", "0"))  # 48 px: 2x2
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_constant_cam_warning_names_the_smallest_varying_size():
+    assert constant_cam_warning("r3d18", 8, 48) is None
+    assert constant_cam_warning("r3d18", 8, 7).endswith("from --img_dim 33")
+    assert "1x1x1" in constant_cam_warning("r3d18", 8, 32) and "2x1x1" in constant_cam_warning("r3d18", 16, 32)  # T/8
+    assert "varying only from frame to frame" in constant_cam_warning("r3d18", 16, 32)
+    assert constant_cam_warning("r2plus1d18", 8, 32) is None  # its stem does not pool: 2x2 at 32 px
+    smallest = int(constant_cam_warning("s3d", 8, 32).rsplit(" ", 1)[1])
+    assert min(high_map_size("s3d", 8, smallest)[1:]) >= 2 and max(high_map_size("s3d", 8, smallest - 1)[1:]) == 1
+
+
+def test_drawing_decodes_only_the_first_window(data, tmp_path, monkeypatch):
+    import datasets.clips as clips_module
+    data_dir, _ = data
+    decoded = []
+    real = clips_module.iter_frames
+
+    def counting(folder, indices, need=None):
+        decoded.extend(indices)
+        return real(folder, indices, need)
+
+    monkeypatch.setattr(clips_module, "iter_frames", counting)
+    test_set = ClipDataset(data_dir / "test_small.csv", mode="test", seq=SEQ, img_dim=32)
+    backbone = build_backbone("r3d18").eval()
+    model = OrderClassifier(backbone, order_head(512))
+    assert len(test_set.video_clips(0)) == 2 and len(decoded) == 12  # the demo videos: 12 frames, 2 windows
+    decoded.clear()
+    folders = draw_videos(model, test_set, num_videos=2, out_dir=tmp_path, device=torch.device("cpu"))
+    assert len(folders) == 2 and decoded == list(range(SEQ)) * 2
+
+
+def test_order_accuracy_forwards_a_long_video_in_chunks(data, tmp_path):
+    """Every window of a video, with its reversed copy, goes through the model at most ``chunk`` at a time."""
+    data_dir, _ = data
+    write_csv(tmp_path / "long.csv", [read_csv(data_dir / "test.csv")[0]])
+    test_set = ClipDataset(tmp_path / "long.csv", mode="test", seq=4, img_dim=32)  # 12 frames: 5 windows
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):  # says "forward" for every clip
+            calls.append(len(x))
+            return torch.tensor([[1.0, 0.0]]).expand(len(x), 2)
+
+    from visualization.temporal_cam import order_accuracy
+    from engine.tracking import Tracker
+    result = order_accuracy(Recorder(), test_set, chunk=2, workers=0, device=torch.device("cpu"),
+                            tracker=Tracker(tmp_path, enabled=False))
+    assert calls == [4, 4, 2] and result["clips"] == 5
+    assert result["forward_accuracy"] == 1.0 and result["reversed_accuracy"] == 0.0

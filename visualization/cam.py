@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from datasets import denormalize
 from engine.files import atomic_write
+from models import build_backbone
 
 FORWARD, REVERSED = 0, 1  # class indices of the order head
 CLASS_NAMES = ("forward", "reversed")
@@ -54,6 +55,32 @@ class OrderClassifier(nn.Module):
 
     def forward(self, clips: Tensor) -> Tensor:
         return pooled_logits(self.head, self.backbone(clips)[2])
+
+
+def high_map_size(arch: str, seq: int, img_dim: int) -> tuple[int, int, int]:
+    """(t, h, w) of the ``high`` map of ``arch`` for clips of ``seq`` frames of ``img_dim`` pixels,
+    inferred on the meta device (no weights are made, nothing is computed)."""
+    with torch.device("meta"):
+        backbone = build_backbone(arch).eval()
+        return tuple(backbone(torch.empty(1, 3, seq, img_dim, img_dim))[2].shape[2:])
+
+
+def constant_cam_warning(arch: str, seq: int, img_dim: int) -> str | None:
+    """A warning when the ``high`` map is a single position a frame (its CAM is one flat colour), naming
+    the smallest ``img_dim`` at which it varies over the frame; None when it already does."""
+    t, h, w = high_map_size(arch, seq, img_dim)
+    if h * w > 1:
+        return None
+    low, high = img_dim, 2 * img_dim  # the answer lies in (low, high]
+    while min(high_map_size(arch, seq, high)[1:]) < 2:
+        low, high = high, 2 * high
+    while high - low > 1:  # bisection: the map only grows with the input
+        mid = (low + high) // 2
+        low, high = (low, mid) if min(high_map_size(arch, seq, mid)[1:]) >= 2 else (mid, high)
+    where = "each frame and the whole clip: every overlay is one flat colour" if t == 1 else \
+        "each frame: every overlay is one flat colour (varying only from frame to frame)"
+    return (f"warning: at --img_dim {img_dim} the {arch} high map is {t}x{h}x{w} (t x h x w), so the CAM is "
+            f"constant over {where}; it varies over the frame from --img_dim {high}")
 
 
 def activation_map(weight: Tensor, high: Tensor) -> Tensor:

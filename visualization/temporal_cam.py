@@ -24,14 +24,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from datasets import ClipDataset, DataError
+from datasets import ClipDataset, DataError, FrameDecodeError
 from datasets.loader import loader_kwargs
 from engine.checkpoint import CheckpointError, git_commit, load_backbone, save_checkpoint
 from engine.tracking import Tracker, format_args
 from evaluation.protocol import train_epoch
 from evaluation.report import write_json
 from models import BACKBONES, build_backbone
-from visualization.cam import CLASS_NAMES, OrderClassifier, clip_cam, order_head, to_rgb, with_reversed, write_clip_images
+from visualization.cam import (CLASS_NAMES, OrderClassifier, clip_cam, constant_cam_warning, order_head, to_rgb,
+                               with_reversed, write_clip_images)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out_dir", required=True, help="folder for the head, the accuracy and the images")
     p.add_argument("--arch", default="r3d18", choices=BACKBONES, help="backbone architecture (default: r3d18)")
     p.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
-    p.add_argument("--img_dim", type=int, default=224, help="clip height and width in pixels (default: 224)")
+    p.add_argument("--img_dim", type=int, default=224,
+                   help="clip height and width in pixels; where the backbone's last map is 1x1 a frame (r3d18 "
+                        "below 33) the CAM is constant and the tool warns (default: 224)")
     p.add_argument("--epochs", type=int, default=50, help="epochs of head training (default: 50)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default: 1e-3)")
     p.add_argument("--wd", type=float, default=1e-3, help="Adam weight decay of the head (default: 1e-3)")
@@ -111,12 +114,12 @@ def order_accuracy(model: OrderClassifier, dataset: ClipDataset, *, chunk: int, 
     hits = torch.zeros(2, dtype=torch.long)  # right answers per true class (forward, reversed)
     clips_seen = 0
     with torch.no_grad():
-        for clips, _ in tracker.progress(loader, desc="order accuracy"):  # [N,3,T,H,W]
-            for part in clips.split(chunk):
+        for clips, _ in tracker.progress(loader, desc="order accuracy"):  # VideoClips of N clips [3,T,H,W]
+            for part in clips.split(chunk):  # [n,3,T,H,W]
                 x, y = with_reversed(part.to(device))  # [2n,...], [2n]
                 pred = model(x).argmax(1)  # [2n]
                 hits += torch.bincount(y[pred == y], minlength=2).cpu()
-            clips_seen += clips.shape[0]
+            clips_seen += len(clips)
     return {
         "order_accuracy": float(hits.sum()) / (2 * clips_seen),
         "forward_accuracy": float(hits[0]) / clips_seen,
@@ -131,8 +134,8 @@ def draw_videos(model: OrderClassifier, dataset: ClipDataset, *, num_videos: int
     """Overlays and grids of the first window of the first ``num_videos`` test videos; returns the video folders."""
     folders = []
     for k in range(min(num_videos, len(dataset))):
-        clips, _ = dataset[k]  # [N,3,T,H,W]
-        x, y = with_reversed(clips[:1].to(device))  # [2,3,T,H,W]: forward, reversed
+        first = dataset.video_clips(k, max_windows=1).clips(0, 1)  # [1,3,T,H,W]: only its frames are decoded
+        x, y = with_reversed(first.to(device))  # [2,3,T,H,W]: forward, reversed
         cam = clip_cam(model.head.weight.detach(), high_map(model.backbone, x), y, tuple(x.shape[2:]))  # [2,T,H,W]
         folder = out_dir / "videos" / f"{k:03d}_{dataset.videos[k].path.name}"
         for i, direction in enumerate(CLASS_NAMES):
@@ -144,22 +147,25 @@ def draw_videos(model: OrderClassifier, dataset: ClipDataset, *, num_videos: int
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tracker = Tracker(out_dir)
-    tracker.print(format_args(vars(args), git_commit()))
 
-    # the CSVs first: a bad row stops the run before a large checkpoint is read
+    # every input first (the CSVs before a large checkpoint): a bad one stops the run before --out_dir is made
     train_set = ClipDataset(args.train_csv, mode="train", seq=args.seq, img_dim=args.img_dim)
     test_set = ClipDataset(args.test_csv, mode="test", seq=args.seq, img_dim=args.img_dim)
     backbone = build_backbone(args.arch)
-    if args.pretrained:
-        tracker.print(load_backbone(backbone, args.pretrained)["summary"])
+    loaded = load_backbone(backbone, args.pretrained)["summary"] if args.pretrained else None
     backbone.requires_grad_(False)  # frozen; train_epoch keeps it in eval mode: BN keeps its running statistics
     model = OrderClassifier(backbone, order_head(backbone.channels[2])).to(device)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(out_dir)
+    tracker.print(format_args(vars(args), git_commit()))
+    for note in (loaded, constant_cam_warning(args.arch, args.seq, args.img_dim)):
+        if note:
+            tracker.print(note)
 
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=False, collate_fn=with_reversed_batch,
@@ -184,10 +190,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """``main`` for the command line: a bad CSV or checkpoint ends with its message and status 1, no traceback."""
+    """``main`` for the command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and
+    status 1, no traceback; nothing is written to ``--out_dir`` when an input is bad."""
     try:
         main(argv)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, DataError, FrameDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
