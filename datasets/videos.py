@@ -175,7 +175,9 @@ class VideoReader:
         while True:
             frame, index = self._next(target)
             if frame is None:
-                raise VideoDecodeError(self.path, target, f"the stream ends after frame {self._position}"
+                where = f"after frame {self._position}" if self._position >= 0 else \
+                    f"before any frame from the keyframe at frame {self._base} on"
+                raise VideoDecodeError(self.path, target, f"the stream ends {where}"
                                        + (f"; {self.damage}" if self.damage else ""))
             if index > target and self._position < target:  # the seek landed past the target
                 if retried or self._base == 0:
@@ -239,8 +241,9 @@ def count_frames(path) -> int:
 
     Every frame is decoded (not converted): container headers often give a wrong count or none.
     Raises ``VideoDecodeError`` when the file cannot be opened, has no video stream or no frames,
-    fails to decode, or when the decoded frames' timestamps do not follow the packets' (then
-    reading by index could give other frames than a sequential decode: extract its frames instead).
+    is damaged, fails to decode, or when the decoded frames' timestamps do not follow the
+    packets' (then reading by index could give other frames than a sequential decode: extract its
+    frames instead). Packets at the end that give no frame are not counted.
     """
     with VideoReader(path) as video:  # decodes every frame: _wanted stays always true
         if video.damage:
@@ -255,6 +258,4 @@ def count_frames(path) -> int:
             count += 1
         if count == 0:
             raise VideoDecodeError(path, None, "no frames decoded")
-        if count != video.frames:
-            raise VideoDecodeError(path, count, f"{video.frames} packets but only {count} decoded frames")
-        return count
+        return count  # fewer than the packets if the last ones do not decode: frames 0..count-1 still do
