@@ -1,8 +1,5 @@
 """Decoding frames of a video file (mp4, avi, mkv, webm) with PyAV: the counterpart of ``datasets.frames``.
 
-torch is imported by the functions that return tensors, so that counting frames
-(``count_frames``, run by ``scripts/make_csv.py``'s worker processes) does not load it.
-
 Frame index i of a video is its i-th decoded frame, the frame ``scripts/extract_frames.py`` writes
 as ``image_{i+1:05d}.jpg``. Opening a video reads its packets once (demuxing only, no decoding:
 about 2 ms for 10 s of 456x256 H.264) and numbers them by presentation time: frame i is the frame
@@ -11,7 +8,9 @@ files are read right; container frame counts, often wrong, are not used.
 
 Reading a set of indices seeks to the keyframe at or before the first one, decodes forward and
 converts only the needed frames to RGB; it seeks again only when a later needed frame lies past
-another keyframe (skipping the frames in between), or for an index behind the decoder. Each
+another keyframe (skipping the frames in between), or for an index behind the decoder. Frames
+that are not needed and that no other frame references are not decoded at all (FFmpeg's
+``skip_frame``), which about halves the frames a sample decodes without using them. Each
 decoded frame's timestamp is checked against the packet numbering, so a damaged file, a file
 shorter than its CSV row says or a seek that lands on the wrong frame raises ``VideoDecodeError``
 (a ``FrameDecodeError``) naming the file and the frame index, never a wrong frame.
@@ -26,6 +25,9 @@ full size, whatever the crops need: swscale's unscaled YUV -> RGB path is its fa
 path shifts colours by about one level. The crops are then cut from full frames, as
 ``datasets.frames`` does whenever a JPEG cannot be decoded at reduced scale (the paper's
 configuration: 112-pixel crops from 320x240 frames).
+
+torch is imported by the functions that return tensors, so that counting frames
+(``count_frames``, run by ``scripts/make_csv.py``'s worker processes) does not load it.
 """
 
 import bisect
