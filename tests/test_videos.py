@@ -156,7 +156,8 @@ def test_unreadable_files_name_the_file(tmp_path):
         frame.sample_rate = 8000
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    for path, needle in [(junk, "cannot open it"), (audio, "no video stream"), (tmp_path / "gone.mp4", "cannot open")]:
+    cases = [(junk, "cannot open it"), (audio, "no video stream"), (tmp_path / "gone.mp4", "cannot open")]
+    for path, needle in cases:
         for call in (lambda: read_frames(path, [0]), lambda: count_frames(path), lambda: videos.frame_size(path)):
             with pytest.raises(VideoDecodeError, match=needle) as error:
                 call()
