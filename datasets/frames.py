@@ -25,6 +25,7 @@ try:  # torchvision's JPEG decoder (its Python wrapper, deprecated since torchvi
 except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - a torchvision without it
     _decode_jpeg = None  # PIL decodes everything
 
+from datasets import videos
 from datasets.index import FrameDecodeError, frame_name, is_video_file
 
 # A crop box as fractions of the frame: (left, top, right, bottom), each in [0, 1].
@@ -35,7 +36,6 @@ def frame_size(folder, index: int = 0) -> tuple[int, int]:
     """(width, height) of a frame, read from its header without decoding the pixels (of a video
     file: its stream's frame size)."""
     if is_video_file(folder):
-        from datasets import videos  # imports PyAV; videos imports this module
         return videos.frame_size(folder)
     path = Path(folder) / frame_name(index)
     try:
@@ -110,7 +110,6 @@ def iter_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = N
     """
     folder = Path(folder)
     if is_video_file(folder):
-        from datasets import videos
         yield from videos.iter_frames(folder, indices, need)
         return
     if need is not None and _jpeg_scale(frame_size(folder, indices[0]), need) == 1:

@@ -1,8 +1,5 @@
 """Decoding frames of a video file (mp4, avi, mkv, webm) with PyAV: the counterpart of ``datasets.frames``.
 
-torch is imported by the functions that return tensors, so that counting frames
-(``count_frames``, run by ``scripts/make_csv.py``'s worker processes) does not load it.
-
 Frame index i of a video is its i-th decoded frame, the frame ``scripts/extract_frames.py`` writes
 as ``image_{i+1:05d}.jpg``. Opening a video reads its packets once (demuxing only, no decoding:
 about 2 ms for 10 s of 456x256 H.264) and numbers them by presentation time: frame i is the frame
@@ -11,7 +8,9 @@ files are read right; container frame counts, often wrong, are not used.
 
 Reading a set of indices seeks to the keyframe at or before the first one, decodes forward and
 converts only the needed frames to RGB; it seeks again only when a later needed frame lies past
-another keyframe (skipping the frames in between), or for an index behind the decoder. Each
+another keyframe (skipping the frames in between), or for an index behind the decoder. Frames
+that are not needed and that no other frame references are not decoded at all (FFmpeg's
+``skip_frame``), which about halves the frames a sample decodes without using them. Each
 decoded frame's timestamp is checked against the packet numbering, so a damaged file, a file
 shorter than its CSV row says or a seek that lands on the wrong frame raises ``VideoDecodeError``
 (a ``FrameDecodeError``) naming the file and the frame index, never a wrong frame.
@@ -26,6 +25,9 @@ full size, whatever the crops need: swscale's unscaled YUV -> RGB path is its fa
 path shifts colours by about one level. The crops are then cut from full frames, as
 ``datasets.frames`` does whenever a JPEG cannot be decoded at reduced scale (the paper's
 configuration: 112-pixel crops from 320x240 frames).
+
+torch is imported by the functions that return tensors, so that counting frames
+(``count_frames``, run by ``scripts/make_csv.py``'s worker processes) does not load it.
 """
 
 import bisect
@@ -175,7 +177,9 @@ class VideoReader:
         while True:
             frame, index = self._next(target)
             if frame is None:
-                raise VideoDecodeError(self.path, target, f"the stream ends after frame {self._position}"
+                where = f"after frame {self._position}" if self._position >= 0 else \
+                    f"before any frame from the keyframe at frame {self._base} on"
+                raise VideoDecodeError(self.path, target, f"the stream ends {where}"
                                        + (f"; {self.damage}" if self.damage else ""))
             if index > target and self._position < target:  # the seek landed past the target
                 if retried or self._base == 0:
@@ -239,8 +243,9 @@ def count_frames(path) -> int:
 
     Every frame is decoded (not converted): container headers often give a wrong count or none.
     Raises ``VideoDecodeError`` when the file cannot be opened, has no video stream or no frames,
-    fails to decode, or when the decoded frames' timestamps do not follow the packets' (then
-    reading by index could give other frames than a sequential decode: extract its frames instead).
+    is damaged, fails to decode, or when the decoded frames' timestamps do not follow the
+    packets' (then reading by index could give other frames than a sequential decode: extract its
+    frames instead). Packets at the end that give no frame are not counted.
     """
     with VideoReader(path) as video:  # decodes every frame: _wanted stays always true
         if video.damage:
@@ -255,6 +260,4 @@ def count_frames(path) -> int:
             count += 1
         if count == 0:
             raise VideoDecodeError(path, None, "no frames decoded")
-        if count != video.frames:
-            raise VideoDecodeError(path, count, f"{video.frames} packets but only {count} decoded frames")
-        return count
+        return count  # fewer than the packets if the last ones do not decode: frames 0..count-1 still do

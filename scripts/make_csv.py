@@ -66,7 +66,7 @@ def _report(kind: str, missing: list[str], root: Path) -> None:
 
 def _count_video(video: Path) -> tuple[Path, int, Optional[str]]:
     """(video, its frame count, None) or (video, 0, why it cannot be read)."""
-    from datasets.videos import VideoDecodeError, count_frames as count_video_frames  # PyAV, torch
+    from datasets.videos import VideoDecodeError, count_frames as count_video_frames  # PyAV, only where needed
 
     try:
         return video, count_video_frames(video), None

@@ -156,7 +156,8 @@ def test_unreadable_files_name_the_file(tmp_path):
         frame.sample_rate = 8000
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    for path, needle in [(junk, "cannot open it"), (audio, "no video stream"), (tmp_path / "gone.mp4", "cannot open")]:
+    cases = [(junk, "cannot open it"), (audio, "no video stream"), (tmp_path / "gone.mp4", "cannot open")]
+    for path, needle in cases:
         for call in (lambda: read_frames(path, [0]), lambda: count_frames(path), lambda: videos.frame_size(path)):
             with pytest.raises(VideoDecodeError, match=needle) as error:
                 call()
@@ -209,6 +210,17 @@ def test_a_dropped_frame_or_a_late_seek_is_detected(video, monkeypatch):
         read_frames(video, [38, 40])
     with pytest.raises(VideoDecodeError, match="frame 40 of video .*decoded timestamps do not follow"):
         count_frames(video)
+
+    def ending_next(self, target):  # a decoder that gives nothing for the last packets
+        frame, index = original_next(self, target)
+        return (None, None) if index is not None and index >= 90 else (frame, index)
+    monkeypatch.setattr(VideoReader, "_next", ending_next)
+    assert count_frames(video) == 90  # what a sequential decode (extract_frames.py) would write
+    with pytest.raises(VideoDecodeError, match="frame 92 of video .*the stream ends before any frame from the "
+                                               "keyframe at frame 90 on"):
+        read_frames(video, [92])
+    with pytest.raises(VideoDecodeError, match="frame 91 of video .*the stream ends after frame 89"):
+        read_frames(video, [89, 91])  # no seek: decoding on from frame 89
 
 
 def test_numbering_and_unknown_timestamps(video, monkeypatch):
