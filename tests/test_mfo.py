@@ -34,8 +34,9 @@ def test_prototypes_and_state_dict_keys(model):
     assert set(model.backbone.state_dict()) == {k[len("backbone."):] for k in keys if k.startswith("backbone.")}
 
 
-def expected_shapes(b, c, k):
+def expected_shapes(b, c, k, width=512):
     return {
+        "pooled": (b, 3, width),  # the pooled high map of each clip, for monitoring
         "high": (b, 3, c), "high_t": (b, 3, c, 2), "high_g": (b, 3, c),
         "mid": (2 * b, 3, c), "mid_t": (b, 3, c, 4), "mid_g": (b, 3, c),
         "low": (2 * b, 3, c), "low_t": (b, 3, c, 8), "low_g": (b, 3, c),
@@ -59,10 +60,12 @@ def test_output_table_other_backbones_and_cluster(name):
     net = MFOModel(name, channel=32, cluster=200).eval()
     with pytest.warns(UserWarning, match="8 frames"), torch.no_grad():
         out = net(torch.randn(1, 3, 3, 8, 32, 32))
-    assert {k: tuple(v.shape) for k, v in out.items()} == expected_shapes(1, 32, 200)
+    width = net.backbone.channels[2]
+    assert width == {"s3d": 1024, "r2plus1d18": 512}[name]
+    assert {k: tuple(v.shape) for k, v in out.items()} == expected_shapes(1, 32, 200, width)
     with torch.no_grad():
         out = net(torch.randn(1, 3, 3, 8, 32, 32), with_graph=False)
-    shapes = {k: v for k, v in expected_shapes(1, 32, 200).items() if not k.endswith("_g")}
+    shapes = {k: v for k, v in expected_shapes(1, 32, 200, width).items() if not k.endswith("_g")}
     assert {k: tuple(v.shape) for k, v in out.items()} == shapes
 
 
@@ -158,3 +161,13 @@ def test_normalize_prototypes():
         length = sum(float(v) ** 2 for v in before[i]) ** 0.5
         assert torch.allclose(w[i], before[i] / length, atol=1e-6)
     assert torch.allclose(F.normalize(before, dim=1), w, atol=1e-6)
+
+
+def test_pooled_output_is_the_mean_of_the_high_map(model):
+    torch.manual_seed(1)
+    model.eval()
+    x = torch.randn(2, 3, 3, 16, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        high = model.backbone(x.flatten(0, 1))[2]  # [6,512,t,h,w]
+    torch.testing.assert_close(out["pooled"], high.mean(dim=(2, 3, 4)).view(2, 3, 512))
