@@ -2,6 +2,7 @@
 
 import torch
 
+from ._checks import in_float32
 from .alignment import temporal_alignment
 from .contrast import instance_contrast, motion_contrast
 from .graph import graph_constraint, infer_graph
@@ -12,6 +13,7 @@ KEYS = ("high", "high_t", "mid", "mid_t", "low", "low_t", "logits")
 GRAPH_KEYS = ("high_g", "mid_g", "low_g")
 
 
+@in_float32
 def mfo_objective(out: dict[str, torch.Tensor], bank: torch.Tensor, *, use_graph: bool, thres: float = 0.05, tau: float = 0.07, proto_tau: float = 0.1, eps: float = 0.05,
                   n_iters: int = 3, level_weights: tuple[float, float, float] = (1.0, 0.5, 0.3),
                   proto_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -54,6 +54,9 @@ class MFOModel(nn.Module):
         low  [2B,3,C]     low_t  [B,3,C,8]   low_g  [B,3,C]
         logits [B,2,K]    cosines of the normalised global embedding of clips a, b with the prototypes
 
+    Under autocast the backbone and the level heads run in low precision; the global head and the
+    prototype layer always run in float32, so ``logits`` are float32.
+
     The ``*_g`` keys are present only when ``with_graph``.
     """
 
@@ -119,6 +122,9 @@ class MFOModel(nn.Module):
             out["high_g"] = self.high_heads.graph(z).mean(2).reshape(b, 3, -1)  # [B,3,C]
 
         pooled = high.mean(dim=(2, 3, 4)).reshape(b, 3, -1)[:, :2].flatten(0, 1)  # [2B,c], clips a, b
-        g = F.normalize(self.global_head(pooled), dim=1)  # [2B,C]
-        out["logits"] = self.prototypes(g).reshape(b, 2, -1)  # [B,2,K]
+        # float32 even under autocast: Sinkhorn (eps 0.05) amplifies the logits' rounding, and bfloat16's
+        # spacing of 2^-8 near 1 would put several percent of noise inside its exponentials
+        with torch.autocast(x.device.type, enabled=False):
+            g = F.normalize(self.global_head(pooled.float()), dim=1)  # [2B,C]
+            out["logits"] = self.prototypes(g).reshape(b, 2, -1)  # [B,2,K] float32
         return out
