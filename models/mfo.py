@@ -54,8 +54,8 @@ class MFOModel(nn.Module):
         low  [2B,3,C]     low_t  [B,3,C,8]   low_g  [B,3,C]
         logits [B,2,K]    cosines of the normalised global embedding of clips a, b with the prototypes
 
-    Under autocast the backbone and the level heads run in low precision; the global head and the
-    prototype layer always run in float32, so ``logits`` are float32.
+    Under autocast only the backbone runs in low precision: motion excitation, every head and the
+    prototype layer run in float32, and every output is float32.
 
     The ``*_g`` keys are present only when ``with_graph``.
     """
@@ -102,7 +102,14 @@ class MFOModel(nn.Module):
             )
             self._warned_short_clip = True
         low, mid, high = self.backbone(x.flatten(0, 1))  # all 3B clips at once, [3B,c,t,h,w]
+        # everything after the backbone in float32, also under autocast (where the backbone runs in bfloat16):
+        # the losses divide similarities by 0.07 and Sinkhorn by 0.05, which would amplify bfloat16's rounding
+        # (spacing 2^-8 near 1) to several percent; these layers cost little next to the backbone
+        with torch.autocast(x.device.type, enabled=False):
+            return self._heads(low.float(), mid.float(), high.float(), b, with_graph)
 
+    def _heads(self, low: Tensor, mid: Tensor, high: Tensor, b: int, with_graph: bool) -> dict[str, Tensor]:
+        """Reversal, motion excitation, pooling and heads on the three maps [3B,c,t,h,w] (see ``forward``)."""
         out = {}
         for name, fmap, excite, heads, steps in (
             ("low", low, self.me_low, self.low_heads, LOW_STEPS),
@@ -122,9 +129,6 @@ class MFOModel(nn.Module):
             out["high_g"] = self.high_heads.graph(z).mean(2).reshape(b, 3, -1)  # [B,3,C]
 
         pooled = high.mean(dim=(2, 3, 4)).reshape(b, 3, -1)[:, :2].flatten(0, 1)  # [2B,c], clips a, b
-        # float32 even under autocast: Sinkhorn (eps 0.05) amplifies the logits' rounding, and bfloat16's
-        # spacing of 2^-8 near 1 would put several percent of noise inside its exponentials
-        with torch.autocast(x.device.type, enabled=False):
-            g = F.normalize(self.global_head(pooled.float()), dim=1)  # [2B,C]
-            out["logits"] = self.prototypes(g).reshape(b, 2, -1)  # [B,2,K] float32
+        g = F.normalize(self.global_head(pooled), dim=1)  # [2B,C]
+        out["logits"] = self.prototypes(g).reshape(b, 2, -1)  # [B,2,K]
         return out
