@@ -77,8 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--queue_start", type=int, default=10,
                    help="epoch from which Sinkhorn runs over the whole bank instead of the current batch")
     g.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast for the backbone and level heads (CUDA only; ignored on CPU); the "
-                        "global head, prototype layer, Sinkhorn and every loss stay in float32")
+                   help="bfloat16 autocast for the backbone (CUDA only; ignored on CPU); motion excitation, "
+                        "the heads, the prototype layer, Sinkhorn and every loss stay in float32")
     g.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm layers in eval mode (running statistics); used to compare runs "
                         "over different numbers of workers")
