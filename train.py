@@ -10,6 +10,8 @@ Tiny run on generated data:       python train.py --demo
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +23,18 @@ from datasets import DataError, FrameDecodeError, PretrainDataset
 from datasets.demo import make_demo_data
 from datasets.loader import loader_kwargs
 from engine import distributed
-from engine.checkpoint import (CheckpointError, git_commit, link_checkpoint, load_checkpoint, resolve_resume,
+from engine.checkpoint import (CheckpointError, git_commit, key_mismatch, load_checkpoint, resolve_resume,
                                rng_state, save_checkpoint, set_rng_state, unwrap)
+from engine.rundir import OutDirError, claim_out_dir, remove_run_outputs
 from engine.sampling import ResumableSampler, SeededSamples
-from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args
+from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args, original_error
 from evaluation.monitor import KnnMonitor, batch_health
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MFOModel
+from models.backbones import HIGH_STRIDE
+
+# errors a user can meet and fix: reported as one line `error: ...`, also when raised in another process
+USER_ERRORS = (NonFiniteLossError, CheckpointError, DataError, FrameDecodeError, OutDirError)
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
 DEMO_DATA = Path("data/demo")
@@ -41,8 +48,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--csv_file", default=None, help="pretraining CSV, rows `path,frames` (see scripts/make_csv.py)")
     g.add_argument("--seq", type=int, default=16, help="frames per clip (T)")
-    g.add_argument("--sample", type=int, default=2, help="clips a, b taken back to back from each video")
-    g.add_argument("--img_dim", type=int, default=112, help="crop size in pixels")
+    g.add_argument("--sample", type=int, default=2,
+                   help="clips taken back to back from each video; must be 2 (the model and the losses use "
+                        "exactly clips a, b and the global clip g)")
+    g.add_argument("--img_dim", type=int, default=112,
+                   help="crop size in pixels; at least the backbone's last-map stride (r3d18 and s3d 32, "
+                        "r2plus1d18 16), and it warns below twice that (a last map of one position)")
     g.add_argument("--rate", type=float, default=3.0, help="upper bound of the random frame sampling rate")
     g.add_argument("--train_batch", type=int, default=64, help="videos per batch, per process")
     g.add_argument("--workers", type=int, default=8, help="data loader workers, per process")
@@ -64,7 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--queue_size", type=int, default=1024, help="rows of the prototype bank (FIFO of logits)")
     g.add_argument("--queue_start", type=int, default=10,
                    help="epoch from which Sinkhorn runs over the whole bank instead of the current batch")
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only; ignored on CPU)")
+    g.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast for the backbone (CUDA only; ignored on CPU); motion excitation, "
+                        "the heads, the prototype layer, Sinkhorn and every loss stay in float32")
     g.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm layers in eval mode (running statistics); used to compare runs "
                         "over different numbers of workers")
@@ -87,14 +100,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--monitor_test_csv", default=None, help="labelled CSV whose videos the kNN classifies")
     g.add_argument("--monitor_every", type=int, default=1, help="run the kNN monitor every this many epochs")
     g = p.add_argument_group("run")
-    g.add_argument("--out_dir", default="runs/mfo", help="folder for checkpoints, TensorBoard logs and log.jsonl")
+    g.add_argument("--out_dir", default="runs/mfo",
+                   help="folder for checkpoints, TensorBoard logs and log.jsonl; one run per folder: a folder "
+                        "that holds a run needs --resume auto or --overwrite")
     g.add_argument("--resume", default="",
-                   help="'auto' continues from OUT_DIR/last.pth when present; or a checkpoint path")
+                   help="'auto' continues from OUT_DIR/last.pth when present (else starts from the beginning); "
+                        "or a checkpoint path. Needs the same global batch (--train_batch x processes) as the "
+                        "checkpoint; the number of processes may change")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start again in an OUT_DIR that holds a run: deletes its last.pth, epoch_NNNN.pth, "
+                        "log.jsonl and tensorboard/ first (other files are kept)")
+    g.add_argument("--keep_epochs", type=int, default=1, metavar="N",
+                   help="write epoch_NNNN.pth (model weights, prototype queue and arguments: what evaluation "
+                        "needs; no optimizer state, which only last.pth holds) after every N-th epoch, i.e. "
+                        "epochs N-1, 2N-1, ... (1: every epoch; 0: none)")
     g.add_argument("--save_every", type=int, default=1000,
                    help="also write last.pth every this many steps (0: only at epoch ends)")
     g.add_argument("--max_steps", type=int, default=0,
                    help="stop after this many global steps, saving last.pth (0: run all epochs)")
     g.add_argument("--seed", type=int, default=0, help="base seed; worker r seeds itself with seed + r")
+    g.add_argument("--verbose", action="store_true",
+                   help="list every missing, unexpected and resized key when a --resume checkpoint does not fit")
     g = p.add_argument_group("distributed")
     g.add_argument("--multiprocessing-distributed", action="store_true",
                    help="spawn one worker per GPU (NCCL, SyncBatchNorm), or --nproc CPU workers (gloo) without GPU")
@@ -122,6 +148,17 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.rate < 1:
         parser.error("--rate must be at least 1")
+    if args.sample != 2:
+        parser.error(f"--sample {args.sample}: must be 2, the model and the losses use exactly clips a, b and g")
+    stride = HIGH_STRIDE[args.arch]
+    if args.img_dim < stride:
+        parser.error(f"--img_dim {args.img_dim}: below {stride} pixels the last feature map of {args.arch} "
+                     f"(stride {stride}) is one position that sees mostly padding; use at least {stride} "
+                     "(the paper uses 112)")
+    if args.keep_epochs < 0:
+        parser.error("--keep_epochs must be 0 (no epoch files) or more")
+    if args.overwrite and args.resume:
+        parser.error("--overwrite starts a run again, --resume continues it: give one of them")
     for name in ("tau", "proto_tau", "sk_eps", "sk_iters", "proto_weight", "monitor_every"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
@@ -137,6 +174,15 @@ def objective_of(args: argparse.Namespace) -> Objective:
     return Objective(terms=tuple(t for t in TERMS if t in args.terms), tau=args.tau, proto_tau=args.proto_tau,
                      sk_eps=args.sk_eps, sk_iters=args.sk_iters, level_weights=tuple(args.level_weights),
                      proto_weight=args.proto_weight, thres=args.thres)
+
+
+def img_dim_warning(arch: str, img_dim: int) -> str | None:
+    """A warning for crop sizes that train but give a degenerate last feature map."""
+    stride = HIGH_STRIDE[arch]
+    if img_dim < 2 * stride:
+        return (f"warning: --img_dim {img_dim} gives {arch} a last feature map with one real position a side "
+                f"(stride {stride}): spatial pooling and CAMs are degenerate; fine for tests, the paper uses 112")
+    return None
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -182,14 +228,42 @@ def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, ResumableS
     dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, rate=args.rate, img_dim=args.img_dim)
     sampler = ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=args.seed)
     if len(sampler) < args.train_batch:
-        raise SystemExit(f"{args.csv_file}: {len(dataset)} usable videos give {len(sampler)} per process, fewer than "
-                         f"--train_batch {args.train_batch} x {ctx.world_size} process(es); lower --train_batch.")
+        raise DataError(f"{args.csv_file}: {len(dataset)} usable videos give {len(sampler)} per process, fewer than "
+                        f"--train_batch {args.train_batch} x {ctx.world_size} process(es); lower --train_batch.")
     samples = SeededSamples(dataset, seed=args.seed, errors=(FrameDecodeError, OSError), strict=args.strict_data)
     loader = DataLoader(samples, batch_size=args.train_batch, sampler=sampler, num_workers=args.workers,
                         pin_memory=ctx.device.type == "cuda", drop_last=True,
                         persistent_workers=False, prefetch_factor=4 if args.workers > 0 else None,
                         **loader_kwargs(args.workers))
     return loader, sampler
+
+
+def check_resume(state: dict, path: Path, model: nn.Module, args: argparse.Namespace, world_size: int,
+                 verbose: bool) -> None:
+    """Refuse a checkpoint that cannot continue this run exactly (one line; the key lists with ``verbose``)."""
+    if "optimizer" not in state:
+        raise CheckpointError(f"--resume {path} holds model weights only (an epoch file: no optimizer state); "
+                              "resume from last.pth, or evaluate this file with --pretrained")
+    missing, unexpected, resized = key_mismatch(model, state["model"])
+    if missing or unexpected or resized:
+        names = ("arch", "channel", "cluster")
+        theirs = ", ".join(f"--{k} {state['args'].get(k)}" for k in names)
+        ours = ", ".join(f"--{k} {getattr(args, k)}" for k in names)
+        if verbose:
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized)):
+                print(f"{what} keys ({len(keys)}): {' '.join(keys) or '-'}", file=sys.stderr)
+        raise CheckpointError(f"--resume {path} does not fit this model: it was written with {theirs}, this run has "
+                              f"{ours} ({len(missing)} missing, {len(unexpected)} unexpected, {len(resized)} resized "
+                              f"keys{'' if verbose else '; --verbose lists them'}); give the checkpoint's flags")
+    old_world, old_batch = len(state["rng"]), state["args"]["train_batch"]
+    old_global, new_global = old_world * old_batch, world_size * args.train_batch
+    if old_global != new_global:
+        fits = f"--train_batch {old_global // world_size}" if old_global % world_size == 0 else \
+            f"{old_world} process(es)"
+        raise CheckpointError(f"--resume {path} was written with --train_batch {old_batch} on {old_world} "
+                              f"process(es), a global batch of {old_global}; this run has --train_batch "
+                              f"{args.train_batch} on {world_size} ({new_global}), so its steps would cover other "
+                              f"samples. Resume with {fits}, or start a new run in another --out_dir")
 
 
 def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict]:
@@ -206,10 +280,29 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay], gamma=0.1)
 
     start_epoch, skip_steps, global_step = 0, 0, 0
+    sums: dict[str, float] = {}  # running sums of the loss terms over the steps of the current epoch
+    replaced = 0  # videos replaced by another in the current epoch
     resume = resolve_resume(args.resume, args.out_dir)
     state = load_checkpoint(resume, map_location=ctx.device) if resume is not None else None
-    # purge_step drops TensorBoard events logged after the checkpoint by an interrupted run
-    tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=state["global_step"] + 1 if state else None)
+    if state is not None:
+        check_resume(state, resume, model, args, ctx.world_size, verbose=args.verbose and ctx.is_main)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        bank.load_state_dict(state["bank"])
+        start_epoch, skip_steps, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        sums, replaced = dict(state.get("epoch_sums", {})), state.get("epoch_replaced", 0)
+        same_world = len(state["rng"]) == ctx.world_size
+        if same_world:
+            set_rng_state(state["rng"][ctx.rank])
+
+    # every input is checked: from here on outputs are written
+    removed = remove_run_outputs(args.out_dir) if args.overwrite and ctx.is_main else []
+    # purge_step drops TensorBoard events an interrupted run logged after its checkpoint (all of them when
+    # --resume auto found no checkpoint yet); the same for its log.jsonl lines of unfinished epochs
+    tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=global_step + 1 if args.resume else None)
+    if args.resume:
+        tracker.truncate_log("epoch", below=start_epoch)
     tracker.print(format_args(vars(args), git_commit()))
     objective = objective_of(args)
     tracker.hparams({"terms": " ".join(objective.terms), "tau": objective.tau, "proto_tau": objective.proto_tau,
@@ -222,23 +315,22 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         monitor = KnnMonitor(args.monitor_train_csv, args.monitor_test_csv, seq=args.seq, img_dim=args.img_dim,
                              batch_size=args.train_batch, workers=args.workers)
     warned_collapse = False
+    if removed:
+        tracker.print(f"--overwrite: removed {', '.join(removed)} from {args.out_dir}")
     amp = args.amp and ctx.device.type == "cuda"
     if args.amp and not amp:
         tracker.print("warning: --amp needs CUDA; running in float32 on CPU")
+    if img_dim_warning(args.arch, args.img_dim):
+        tracker.print(img_dim_warning(args.arch, args.img_dim))
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            theirs = {k: state["args"].get(k) for k in ("arch", "channel", "cluster")}
-            raise CheckpointError(f"{resume} does not fit this model (it was written with {theirs}): {e}") from e
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        bank.load_state_dict(state["bank"])
-        start_epoch, skip_steps, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        if len(state["rng"]) == ctx.world_size:
-            set_rng_state(state["rng"][ctx.rank])
         tracker.print(f"resumed from {resume}: epoch {start_epoch}, step {skip_steps} of the epoch, "
                       f"global step {global_step}")
+        if not same_world:
+            tracker.print(f"note: the checkpoint was written by {len(state['rng'])} process(es), this run has "
+                          f"{ctx.world_size}: it continues at the same sample of the epoch (same global batch), "
+                          "but the processes' random generators restart from --seed")
+    elif args.resume:
+        tracker.print(f"--resume auto: no {Path(args.out_dir) / 'last.pth'} yet, starting from the beginning")
 
     if ctx.world_size > 1:
         if ctx.device.type == "cuda":
@@ -248,26 +340,26 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
     core = unwrap(model)
 
-    def save(epoch: int, step_in_epoch: int, names: list[str]) -> None:
+    def save(epoch: int, step_in_epoch: int, epoch_file: str | None) -> None:
+        """last.pth with everything a resume needs; ``epoch_file`` (if any) with what an evaluation needs."""
         rngs = distributed.all_gather_object(rng_state())  # a collective: every rank calls it
         if not ctx.is_main:
             return
-        state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "bank": bank.state_dict(), "epoch": epoch,
-                 "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": rngs,
-                 "args": vars(args), "commit": git_commit()}
-        first = save_checkpoint(state, Path(args.out_dir) / names[0])
-        for name in names[1:]:
-            link_checkpoint(first, Path(args.out_dir) / name)
+        weights = {"model": core.state_dict(), "bank": bank.state_dict(), "epoch": epoch,
+                   "global_step": global_step, "args": vars(args), "commit": git_commit()}
+        if epoch_file:
+            save_checkpoint(weights, Path(args.out_dir) / epoch_file)
+        save_checkpoint({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "step_in_epoch": step_in_epoch, "rng": rngs, "epoch_sums": dict(sums),
+                         "epoch_replaced": replaced}, Path(args.out_dir) / "last.pth")
 
     history = []
     steps_per_epoch = len(sampler) // args.train_batch
     for epoch in range(start_epoch, args.epoch):
+        # the global batch equals the checkpoint's, so skip_steps global steps are skip_steps local batches
         sampler.set_epoch(epoch, skip=skip_steps * args.train_batch)
         set_train_mode(model, args.freeze_bn)
         use_graph, use_queue = epoch >= args.split, epoch >= args.queue_start
-        sums: dict[str, float] = {}
-        replaced = 0
         bar = tracker.progress(loader, total=steps_per_epoch, initial=skip_steps, desc=f"epoch {epoch}")
         tic = time.perf_counter()
         step = skip_steps
@@ -293,7 +385,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             bar.set_postfix(loss=f"{record['loss']:.3f}", clips_s=f"{clips_per_s:.1f}")
             stop = args.max_steps and global_step >= args.max_steps
             if stop or (args.save_every and global_step % args.save_every == 0):
-                save(epoch, step, ["last.pth"])
+                save(epoch, step, None)
             if stop:
                 bar.close()
                 tracker.print(f"stopped after {global_step} steps (--max_steps); continue with --resume auto")
@@ -302,11 +394,10 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             tic = time.perf_counter()
         bar.close()
 
-        n = step - skip_steps
         scheduler.step()
-        skip_steps = 0
+        # averages over every step of the epoch, also those before a resume (their sums come from the checkpoint)
         summary = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
-                   "replaced_videos": replaced, **{k: v / max(n, 1) for k, v in sums.items()},
+                   "replaced_videos": replaced, **{k: v / max(step, 1) for k, v in sums.items()},
                    "objective": {"terms": list(objective.terms), "tau": objective.tau,
                                  "proto_tau": objective.proto_tau, "sk_eps": objective.sk_eps,
                                  "sk_iters": objective.sk_iters, "level_weights": list(objective.level_weights),
@@ -322,10 +413,13 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             warned_collapse = True
             tracker.print(f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of "
                           f"{width} (below 5%); see the README's 'Watching a run' for what to try")
+        # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
         tracker.epoch(summary)
         tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
                                                      if k not in ("epoch", "objective")))
-        save(epoch + 1, 0, [f"epoch_{epoch:04d}.pth", "last.pth"])
+        sums, replaced, skip_steps = {}, 0, 0
+        keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
+        save(epoch + 1, 0, f"epoch_{epoch:04d}.pth" if keep else None)
     tracker.close()
     return history
 
@@ -335,15 +429,33 @@ def main(argv=None) -> list[dict] | None:
     if args.demo and args.csv_file == str(DEMO_DATA / "pretrain.csv"):
         make_demo_data(DEMO_DATA)
     if not Path(args.csv_file).is_file():
-        raise SystemExit(f"--csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
+        raise SystemExit(f"error: --csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
+    # one process owns --out_dir: this one, unless it is a torchrun rank or a spawn launcher on machine 1, 2, ...
+    owner = os.environ.get("RANK", "0") == "0" and args.rank == 0
+    lock = None
     try:
+        if owner:
+            lock, notes = claim_out_dir(args.out_dir, resume=bool(args.resume), overwrite=args.overwrite)
+            for note in notes:
+                print(note, flush=True)
         how = distributed.Launch(spawn=args.multiprocessing_distributed, nproc=args.nproc, nodes=args.world_size,
                                  node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend)
         return distributed.launch(main_worker, args, how)
-    except (NonFiniteLossError, CheckpointError, DataError, FrameDecodeError) as e:
-        raise SystemExit(f"error: {e}") from e
-    except torch.multiprocessing.ProcessRaisedException as e:  # a spawned worker failed: its traceback says why
-        raise SystemExit(f"error in a worker process:\n{e}") from e
+    except (*USER_ERRORS, RuntimeError, torch.multiprocessing.ProcessRaisedException) as e:
+        # an error of a loader worker or a spawned trainer arrives wrapped, its traceback as text
+        text = str(e)
+        if "Traceback (most recent call last)" in text:
+            message = original_error(e, tuple(error.__name__ for error in USER_ERRORS))
+        else:
+            message = text if isinstance(e, USER_ERRORS) else None
+        if message is not None:
+            raise SystemExit(f"error: {message}") from e
+        if isinstance(e, torch.multiprocessing.ProcessRaisedException):  # not a user error: its traceback says why
+            raise SystemExit(f"error in a worker process:\n{e}") from e
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

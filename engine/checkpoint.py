@@ -92,7 +92,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}. Is it a complete file written by mfo?") from e
+        # torch's own text would advise weights_only=False: unsafe, and no mfo file needs it
+        what = ("it holds pickled Python objects, which no mfo checkpoint does" if "Unsupported global" in str(e)
+                else "it is not an mfo checkpoint, or it is truncated (an interrupted copy or download)")
+        raise CheckpointError(f"cannot read checkpoint {path}: {what}; "
+                              "pass a complete file written by train.py, eval_linear.py or finetune.py") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
@@ -173,25 +177,34 @@ def load_backbone(backbone: nn.Module, checkpoint_path: str | os.PathLike, prefi
     else:
         loaded, ignored = state, []
 
-    expected = set(backbone.state_dict())
-    missing = sorted(expected - set(loaded))
-    unexpected = sorted(set(loaded) - expected)
+    missing, unexpected, resized = key_mismatch(backbone, loaded)
     if missing or unexpected:
         raise CheckpointError(
             f"{checkpoint_path}: the backbone does not load fully: {len(missing)} missing key(s) "
             f"{_preview(missing)}, {len(unexpected)} unexpected key(s) {_preview(unexpected)}. "
             "Is --arch the backbone the checkpoint was trained with?"
         )
-    try:
-        backbone.load_state_dict(loaded, strict=True)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{checkpoint_path}: cannot load the backbone: {e}") from e
+    if resized:
+        raise CheckpointError(f"{checkpoint_path}: cannot load the backbone: size mismatch in {len(resized)} "
+                              f"tensor(s) {_preview(resized)}. Is --arch the backbone the checkpoint was trained with?")
+    backbone.load_state_dict(loaded, strict=True)
 
     groups = Counter(k.split(".")[0] for k in ignored)
     summary = f"loaded {len(loaded)} backbone tensors from {checkpoint_path}"
     if ignored:
         summary += "; ignored " + ", ".join(f"{name} ({n})" for name, n in sorted(groups.items()))
     return {"path": str(checkpoint_path), "loaded": sorted(loaded), "ignored": ignored, "summary": summary}
+
+
+def key_mismatch(module: nn.Module, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """How ``state`` differs from ``module.state_dict()``: sorted (missing, unexpected, resized) keys,
+    resized being the common keys whose tensor shapes differ. All empty: a strict load will succeed."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    resized = sorted(k for k in set(own) & set(state)
+                     if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape)
+    return missing, unexpected, resized
 
 
 def _preview(keys: list[str], n: int = 8) -> str:

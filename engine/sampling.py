@@ -33,6 +33,9 @@ class ResumableSampler(DistributedSampler):
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start ``epoch`` after the first ``skip`` samples of this rank's share (a negative skip is an error)."""
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0, got {skip}")
         super().set_epoch(epoch)
         self.skip = skip
 
@@ -41,7 +44,7 @@ class ResumableSampler(DistributedSampler):
         return iter([(self.epoch, i) for i in order])
 
     def __len__(self) -> int:
-        return self.num_samples - self.skip
+        return max(self.num_samples - self.skip, 0)  # a skip past the end leaves nothing, never less
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

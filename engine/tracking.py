@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from tqdm import tqdm
+
+from engine.files import atomic_write
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,6 +38,26 @@ def check_finite(loss: torch.Tensor, terms: dict, step: int) -> None:
     raise NonFiniteLossError(
         f"non-finite loss {loss.item()} at global step {step} (terms: {detail}). "
         "The last good checkpoint is kept; lower --lr or try without --amp, then --resume.")
+
+
+def original_error(error: BaseException, names: tuple[str, ...]) -> str | None:
+    """The message of the exception that another process raised, when its class is one of ``names``.
+
+    A DataLoader worker's exception reaches the main process re-raised as a new one (often a
+    ``RuntimeError``) whose text is "Caught X in DataLoader worker process N" plus the original
+    traceback; a spawned trainer's arrives as ``ProcessRaisedException`` holding the traceback. In
+    both the traceback ends with the line ``module.X: message``: return that message (from the
+    last such line, so a worker error inside a spawned trainer is found too), or None when the
+    original exception is of another class (a bug, whose traceback the caller should show).
+    """
+    pattern = re.compile(r"^(?:[A-Za-z_][\w]*\.)*(" + "|".join(map(re.escape, names)) + r"): (.*)$")
+    for line in reversed(str(error).splitlines()):
+        match = pattern.match(line)
+        if match:
+            return match.group(2)
+        if line.startswith("Traceback (most recent call last)"):
+            return None  # the last exception of the text is of another class
+    return None
 
 
 class Tracker:
@@ -79,6 +102,18 @@ class Tracker:
             return
         with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def truncate_log(self, field: str, below: int) -> None:
+        """Keep only the ``log.jsonl`` lines whose ``field`` is below ``below`` (a resumed run drops the
+        lines an interrupted run wrote past its checkpoint, so they are not repeated)."""
+        path = self.out_dir / "log.jsonl"
+        if not self.enabled or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get(field, below) < below]
+        if kept != lines:
+            with atomic_write(path, "w") as f:
+                f.writelines(kept)
 
     def progress(self, iterable=None, **kwargs) -> tqdm:
         """A tqdm bar on the main process, a silent one elsewhere."""

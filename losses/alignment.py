@@ -5,9 +5,10 @@ import torch.nn.functional as F
 
 from engine.distributed import all_gather_with_grad
 
-from ._checks import check_shape
+from ._checks import check_shape, in_float32
 
 
+@in_float32
 def temporal_alignment(u: torch.Tensor, tau: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-video step classification between the a|b clips and the global clip g.
 

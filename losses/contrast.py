@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from engine.distributed import all_gather_with_grad
 
-from ._checks import check_shape
+from ._checks import check_shape, in_float32
 
 
 def _pos_neg_lse(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -28,6 +28,7 @@ def _pos_neg_lse(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tenso
     return lse_pos, lse_neg, zn
 
 
+@in_float32
 def instance_contrast(z: torch.Tensor, tau: float = 0.07) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Instance contrast L_inst on the global batch.
 
@@ -46,6 +47,7 @@ def instance_contrast(z: torch.Tensor, tau: float = 0.07) -> tuple[torch.Tensor,
     return loss, acc, sim
 
 
+@in_float32
 def motion_contrast(z: torch.Tensor, z_rev: torch.Tensor, tau: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
     """Motion contrast L_motion: instance contrast whose negatives add the reversed clips.
 

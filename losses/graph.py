@@ -5,9 +5,10 @@ import torch.nn.functional as F
 
 from engine.distributed import all_gather_with_grad
 
-from ._checks import check_shape
+from ._checks import check_shape, in_float32
 
 
+@in_float32
 def infer_graph(sim: torch.Tensor, labels: torch.Tensor, thres: float = 0.05) -> torch.Tensor:
     """Row-stochastic graph G [N, N] from similarities and semantic labels.
 
@@ -24,6 +25,7 @@ def infer_graph(sim: torch.Tensor, labels: torch.Tensor, thres: float = 0.05) ->
     return graph / graph.sum(1, keepdim=True)
 
 
+@in_float32
 def graph_constraint(z: torch.Tensor, graph: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
     """Graph constraint L_graph on the global batch.
 

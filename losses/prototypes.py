@@ -5,9 +5,10 @@ import torch.nn as nn
 
 from engine.distributed import all_gather_no_grad, all_gather_with_grad
 
-from ._checks import check_shape
+from ._checks import check_shape, in_float32
 
 
+@in_float32
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, eps: float = 0.05, n_iters: int = 3) -> torch.Tensor:
     """Balanced soft assignments of N samples to K prototypes (no gradient).
@@ -30,6 +31,7 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, n_iters: int = 3) -> torch
     return (q * n).to(scores.dtype)
 
 
+@in_float32
 def prototype_swap(logits: torch.Tensor, bank: torch.Tensor, tau: float = 0.1, eps: float = 0.05,
                    n_iters: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Swapped prototype prediction L_proto between clips a and b.

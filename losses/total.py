@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import in_float32
 from .alignment import temporal_alignment
 from .contrast import instance_contrast, motion_contrast
 from .graph import graph_constraint, infer_graph
@@ -49,6 +50,7 @@ class Objective:
             raise ValueError(f"level_weights must be positive, got {list(self.level_weights)}")
 
 
+@in_float32
 def mfo_objective(out: dict[str, torch.Tensor], bank: torch.Tensor, *, use_graph: bool,
                   objective: Objective = Objective()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss of one step and every term for logging.

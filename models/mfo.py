@@ -55,6 +55,9 @@ class MFOModel(nn.Module):
         logits [B,2,K]    cosines of the normalised global embedding of clips a, b with the prototypes
         pooled [B,3,c]    the globally pooled ``high`` map of each clip (c = the backbone's width), for monitoring
 
+    Under autocast only the backbone runs in low precision: motion excitation, every head and the
+    prototype layer run in float32, and every output is float32.
+
     The ``*_g`` keys are present only when ``with_graph``.
     """
 
@@ -100,7 +103,14 @@ class MFOModel(nn.Module):
             )
             self._warned_short_clip = True
         low, mid, high = self.backbone(x.flatten(0, 1))  # all 3B clips at once, [3B,c,t,h,w]
+        # everything after the backbone in float32, also under autocast (where the backbone runs in bfloat16):
+        # the losses divide similarities by 0.07 and Sinkhorn by 0.05, which would amplify bfloat16's rounding
+        # (spacing 2^-8 near 1) to several percent; these layers cost little next to the backbone
+        with torch.autocast(x.device.type, enabled=False):
+            return self._heads(low.float(), mid.float(), high.float(), b, with_graph)
 
+    def _heads(self, low: Tensor, mid: Tensor, high: Tensor, b: int, with_graph: bool) -> dict[str, Tensor]:
+        """Reversal, motion excitation, pooling and heads on the three maps [3B,c,t,h,w] (see ``forward``)."""
         out = {}
         for name, fmap, excite, heads, steps in (
             ("low", low, self.me_low, self.low_heads, LOW_STEPS),

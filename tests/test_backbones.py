@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from models import BACKBONES, build_backbone
+from models.backbones import HIGH_STRIDE
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,17 @@ def test_feature_shapes(name, seq, size):
         assert fmap.shape == (1, channels, steps, side, side), f"level {level}"
         assert net.channels[level] == channels
         assert torch.isfinite(fmap).all()
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_high_stride_gives_the_size_of_the_last_map(name):
+    """HIGH_STRIDE (train.py's --img_dim rule) against real maps: one position a side at the stride, two at
+    twice it, and S3D cannot even run at half of it."""
+    net = build_backbone(name).eval()
+    stride = HIGH_STRIDE[name]
+    with torch.no_grad():
+        for side, cells in ((stride, 1), (2 * stride, 2)):
+            assert net(torch.zeros(1, 3, 8, side, side))[2].shape[-2:] == (cells, cells), (name, side)
+        if name == "s3d":
+            with pytest.raises(RuntimeError, match="Output size is too small"):
+                net(torch.zeros(1, 3, 8, stride // 2, stride // 2))

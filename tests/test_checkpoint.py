@@ -100,14 +100,28 @@ def test_load_errors_are_readable(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*junk.pth: it is not an mfo checkpoint, "
+                                              "or it is truncated") as info:
         load_checkpoint(tmp_path / "junk.pth")
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)  # not torch's unsafe advice
+    save_checkpoint({"w": torch.zeros(1000)}, tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:2000])  # an interrupted copy
+    with pytest.raises(CheckpointError, match="cut.pth: it is not an mfo checkpoint, or it is truncated"):
+        load_checkpoint(tmp_path / "cut.pth")
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_checkpoint(tmp_path / "list.pth")
     torch.save({"obj": Foreign()}, tmp_path / "pickled.pth")  # arbitrary pickled objects are refused
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="pickled.pth: it holds pickled Python objects") as info:
         load_checkpoint(tmp_path / "pickled.pth")
+    assert "weights_only" not in str(info.value)
+
+
+def test_key_mismatch_counts_missing_unexpected_and_resized_keys():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    state = {"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(4), "2.weight": torch.zeros(1)}
+    assert checkpoint.key_mismatch(net, state) == (["1.bias", "1.weight"], ["2.weight"], ["0.bias"])
+    assert checkpoint.key_mismatch(net, net.state_dict()) == ([], [], [])
 
 
 def test_resolve_resume(tmp_path):

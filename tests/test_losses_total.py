@@ -5,6 +5,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from losses import (TERMS, Objective, PrototypeBank, graph_constraint, infer_graph, instance_contrast, mfo_objective,
+                    sinkhorn,
                     motion_contrast, prototype_swap, temporal_alignment)
 from tests.two_workers import run_on_two_workers
 
@@ -231,3 +232,20 @@ def test_constants_reach_their_terms():
 def test_bad_objectives_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         Objective(**bad)
+
+
+def test_every_loss_is_float32_under_autocast():
+    """The objective under bfloat16 autocast equals the float32 one on the same outputs (within 1e-3, here
+    exactly), term by term; before, its matmuls ran in bfloat16 and the total moved by about 2e-2."""
+    out = {k: v.detach() for k, v in _random_out(4, 0).items()}
+    bank = torch.cat([torch.randn(BANK - 4, 2, K, generator=torch.Generator().manual_seed(1)), out["logits"]])
+    loss, terms = mfo_objective(out, bank, use_graph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp_loss, amp_terms = mfo_objective(out, bank, use_graph=True)
+        half = {k: v.bfloat16() for k, v in out.items()}  # bfloat16 inputs are computed in float32 too
+        q = sinkhorn(bank[:, 0].bfloat16())
+        half_loss = mfo_objective(half, bank.bfloat16(), use_graph=True)[0]
+    assert amp_loss.dtype == torch.float32 and abs(amp_loss - loss) < 1e-3
+    for name, value in terms.items():
+        assert abs(amp_terms[name] - value) < 1e-3, name
+    assert half_loss.dtype == q.dtype == torch.float32

@@ -171,3 +171,21 @@ def test_pooled_output_is_the_mean_of_the_high_map(model):
         out = model(x)
         high = model.backbone(x.flatten(0, 1))[2]  # [6,512,t,h,w]
     torch.testing.assert_close(out["pooled"], high.mean(dim=(2, 3, 4)).view(2, 3, 512))
+
+
+def test_only_the_backbone_runs_in_low_precision_under_autocast():
+    """Under bfloat16 autocast the backbone's maps are bfloat16, everything after it float32: the logits equal
+    a float32 global head and prototype layer on the same pooled map (a bfloat16 layer is ~3e-3 off)."""
+    torch.manual_seed(0)
+    net = MFOModel("r3d18", channel=16, cluster=8).eval()
+    seen = {}
+    net.backbone.register_forward_hook(lambda module, inputs, output: seen.update(maps=output))
+    net.global_head.register_forward_hook(lambda module, inputs, output: seen.update(pooled=inputs[0]))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 8 frames
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(torch.randn(2, 3, 3, 8, 32, 32))
+        want = torch.nn.functional.normalize(net.global_head(seen["pooled"].float()), dim=1) @ net.prototypes.weight.T
+    assert {m.dtype for m in seen["maps"]} == {torch.bfloat16}
+    assert {v.dtype for v in out.values()} == {torch.float32}
+    assert (out["logits"].reshape(4, 8) - want).abs().max() < 1e-5

@@ -80,3 +80,11 @@ def test_unreadable_sample_is_replaced_reported_once_and_counted(capsys):
 def test_sample_seed_differs_across_epochs_and_indices():
     seeds = {sample_seed(0, e, i) for e in range(3) for i in range(50)}
     assert len(seeds) == 150 and all(0 <= s < 2**32 for s in seeds)
+
+
+def test_a_skip_past_the_end_leaves_an_empty_epoch_never_a_negative_length():
+    sampler = ResumableSampler(list(range(7)), 2, 0, seed=0)  # 3 samples for this rank
+    sampler.set_epoch(1, skip=5)
+    assert len(sampler) == 0 and list(sampler) == []
+    with pytest.raises(ValueError, match="skip must be >= 0"):
+        sampler.set_epoch(1, skip=-1)
