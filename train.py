@@ -55,6 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="crop size in pixels; at least the backbone's last-map stride (r3d18 and s3d 32, "
                         "r2plus1d18 16), and it warns below twice that (a last map of one position)")
     g.add_argument("--rate", type=float, default=3.0, help="upper bound of the random frame sampling rate")
+    g.add_argument("--jitter", type=float, nargs=4, default=[0.5, 0.5, 0.5, 0.25], metavar=("B", "C", "S", "H"),
+                   help="per-frame colour jitter strengths: brightness, contrast, saturation, hue "
+                        "(0 0 0 0: none; see the README's 'Small data')")
+    g.add_argument("--gray_p", type=float, default=0.5, help="per-frame probability of random gray (0: never)")
+    g.add_argument("--flip_p", type=float, default=0.5, help="per-clip probability of a horizontal flip (0: never)")
     g.add_argument("--train_batch", type=int, default=64, help="videos per batch, per process")
     g.add_argument("--workers", type=int, default=8, help="data loader workers, per process")
     g.add_argument("--strict_data", action="store_true",
@@ -148,6 +153,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.rate < 1:
         parser.error("--rate must be at least 1")
+    if min(args.jitter) < 0 or args.jitter[3] > 0.5:
+        parser.error(f"--jitter needs 4 values >= 0, the hue at most 0.5, got {' '.join(map(str, args.jitter))}")
+    for name in ("gray_p", "flip_p"):
+        if not 0 <= getattr(args, name) <= 1:
+            parser.error(f"--{name} is a probability in [0, 1], got {getattr(args, name)}")
     if args.sample != 2:
         parser.error(f"--sample {args.sample}: must be 2, the model and the losses use exactly clips a, b and g")
     stride = HIGH_STRIDE[args.arch]
@@ -225,7 +235,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Prototy
 
 
 def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, ResumableSampler]:
-    dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, rate=args.rate, img_dim=args.img_dim)
+    dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, rate=args.rate, img_dim=args.img_dim,
+                              jitter=args.jitter, gray_p=args.gray_p, flip_p=args.flip_p)
     sampler = ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=args.seed)
     if len(sampler) < args.train_batch:
         raise DataError(f"{args.csv_file}: {len(dataset)} usable videos give {len(sampler)} per process, fewer than "

@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None,
                    help="motion benchmark folder (default: OUT/data, built with --data_seed if missing)")
     p.add_argument("--data_seed", type=int, default=0, help="seed of the benchmark when it is built (default: 0)")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="variants to run (default: all)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
+                   help=f"variants to run, of: {' '.join(VARIANTS)} (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant: 0 .. N-1 (default: 3)")
     g = p.add_argument_group("pretraining budget (the same for every variant)")
     g.add_argument("--epoch", type=int, default=15, help="pretraining epochs (default: 15)")
@@ -75,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--split", type=int, default=5, help="epoch from which the graph term is on (default: 5)")
     g.add_argument("--queue_start", type=int, default=3, help="epoch from which the whole bank is used (default: 3)")
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3, the paper's)")
+    g.add_argument("--queue_size", type=int, default=1024, help="prototype bank rows (default: 1024, the paper's)")
     g.add_argument("--train_args", default="",
-                   help="more train.py flags for every variant, quoted, e.g. \"--gray_p 0.2\" (default: none)")
+                   help="more train.py flags for every variant, as one string: --train_args='--gray_p 0.2' (default: none)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--probe_epochs", type=int, default=100, help="linear-probe epochs on cached features (default: 100)")
     g.add_argument("--order_epochs", type=int, default=10, help="order-head epochs (default: 10)")
@@ -95,7 +96,8 @@ def pretrain_flags(args: argparse.Namespace, terms: list[str], seed: int, out_di
         "--terms", *terms, "--seq", str(args.seq), "--img_dim", str(args.img_dim),
         "--train_batch", str(args.train_batch), "--cluster", str(args.cluster), "--epoch", str(args.epoch),
         "--split", str(args.split), "--queue_start", str(args.queue_start), "--lr_decay", str(args.epoch),
-        "--lr", str(args.lr), "--queue_size", "1024", "--save_every", "0", "--workers", str(args.workers),
+        "--lr", str(args.lr), "--queue_size", str(args.queue_size), "--save_every", "0", "--keep_epochs", "0",
+        "--workers", str(args.workers),
         *shlex.split(args.train_args),
     ]
 

@@ -144,7 +144,8 @@ def test_run_crosses_split_and_resumes_exactly(csv_file, full_run, tmp_path, mon
     got = log_lines(resumed)
     assert len(got) == len(lines)
     for want, line in zip(lines, got):
-        assert line.keys() == want.keys() and line == pytest.approx(want, abs=1e-6)
+        assert line.keys() == want.keys() and line.pop("objective") == want.pop("objective")
+        assert line == pytest.approx(want, abs=1e-6)
     names = sorted(p.name for p in resumed.iterdir())  # --keep_epochs 2: epoch 1 only; no temporary file left
     assert names == [".lock", "epoch_0001.pth", "last.pth", "log.jsonl", "tensorboard"]
 
@@ -230,7 +231,7 @@ def test_amp_losses_are_within_1e3_of_float32_on_the_same_batch():
             net.backbone.register_forward_hook(lambda module, inputs, output: tuple(m.detach().float() for m in maps))
         bank = PrototypeBank(size=16, cluster=8, generator=torch.Generator().manual_seed(1))
         loss, terms = train.train_step(net, torch.optim.Adam(net.parameters()), bank, clips, step=1, use_graph=True,
-                                       use_queue=True, freeze_prototypes=False, thres=0.05, amp=amp)
+                                       use_queue=True, freeze_prototypes=False, objective=train.Objective(), amp=amp)
         results.append(({"loss": loss.detach(), **terms}, bank.queue.clone()))
     assert {m.dtype for m in maps} == {torch.bfloat16}  # the backbone did run in bfloat16
     (got, amp_queue), (want, queue) = results
@@ -346,3 +347,18 @@ def test_terms_switch_and_monitor_are_logged(csv_file, tmp_path):
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
     state = load_checkpoint(out / "last.pth")
     assert state["args"]["terms"] == ["inst"] and state["args"]["tau"] == 0.1
+
+
+def test_augmentation_flags_reach_the_dataset(csv_file, capsys):
+    args = train.parse_args(["--csv_file", csv_file])
+    assert (args.jitter, args.gray_p, args.flip_p) == ([0.5, 0.5, 0.5, 0.25], 0.5, 0.5)  # the paper's by default
+    args = train.parse_args(shlex.split(f"{TINY} --csv_file {csv_file} --jitter 0.2 0 0.1 0.05 --gray_p 0 "
+                                        "--flip_p 0.25"))
+    loader, _ = train.build_loader(args, train.distributed.Context(0, 1, 0, torch.device("cpu")))
+    dataset = loader.dataset.dataset  # SeededSamples -> PretrainDataset
+    assert dataset.jitter == (0.2, 0.0, 0.1, 0.05) and dataset.gray_p == 0.0 and dataset.flip_p == 0.25
+    for bad, message in (("--gray_p 1.5", "--gray_p is a probability"), ("--flip_p -0.1", "--flip_p is a probability"),
+                         ("--jitter 0.5 0.5 0.5 0.6", "--jitter needs"), ("--jitter -1 0 0 0", "--jitter needs")):
+        with pytest.raises(SystemExit):
+            train.parse_args(shlex.split(f"--csv_file {csv_file} {bad}"))
+        assert message in capsys.readouterr().err
