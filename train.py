@@ -307,6 +307,10 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         if same_world:
             set_rng_state(state["rng"][ctx.rank])
 
+    monitor = None  # reads its two CSVs: an input, checked before any output is made
+    if args.monitor_train_csv:
+        monitor = KnnMonitor(args.monitor_train_csv, args.monitor_test_csv, seq=args.seq, img_dim=args.img_dim,
+                             batch_size=args.train_batch, workers=args.workers)
     # every input is checked: from here on outputs are written
     removed = remove_run_outputs(args.out_dir) if args.overwrite and ctx.is_main else []
     # purge_step drops TensorBoard events an interrupted run logged after its checkpoint (all of them when
@@ -321,10 +325,6 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                      "level_weights": " ".join(map(str, objective.level_weights)),
                      "proto_weight": objective.proto_weight, "thres": objective.thres, "lr": args.lr,
                      "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq, "img_dim": args.img_dim})
-    monitor = None
-    if args.monitor_train_csv:
-        monitor = KnnMonitor(args.monitor_train_csv, args.monitor_test_csv, seq=args.seq, img_dim=args.img_dim,
-                             batch_size=args.train_batch, workers=args.workers)
     warned_collapse = False
     if removed:
         tracker.print(f"--overwrite: removed {', '.join(removed)} from {args.out_dir}")
@@ -417,13 +417,13 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             seen = monitor(core.backbone, ctx.device)  # a collective under DDP: every rank runs it
             summary.update({f"monitor_{k}": v for k, v in seen.items()})
             tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, global_step)
-            rank, width = seen["erank"], seen["width"]
+            rank, width = seen["erank"], min(seen["width"], seen["rows"])
         else:
-            rank, width = summary.get("erank_pooled"), core.backbone.channels[2]
+            rank, width = summary.get("erank_pooled"), min(core.backbone.channels[2], 2 * args.train_batch)
         if rank is not None and rank < 0.05 * width and not warned_collapse:
             warned_collapse = True
             tracker.print(f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of "
-                          f"{width} (below 5%); see the README's 'Watching a run' for what to try")
+                          f"{width} possible (below 5%); see the README's 'Watching a run' for what to try")
         # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
         tracker.epoch(summary)
         tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()

@@ -109,7 +109,9 @@ class KnnMonitor:
                 torch.cat([y for _, _, y in parts])[order])
 
     def __call__(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
-        """``{'knn_top1', 'erank', 'std', 'width', 'seconds'}``; the backbone is left in the mode it was in."""
+        """``{'knn_top1', 'erank', 'std', 'width', 'rows', 'seconds'}``; the backbone is left in the mode it was in.
+
+        ``rows`` is the number of videos of both sets: with ``width`` it bounds the effective rank."""
         tic = time.perf_counter()
         was_training = backbone.training
         backbone.eval()
@@ -120,7 +122,7 @@ class KnnMonitor:
             backbone.train(was_training)
         stats = embedding_stats(torch.cat([train, test]))
         return {"knn_top1": knn_top1(train, train_labels, test, test_labels, k=self.k, temperature=self.temperature),
-                "erank": stats["erank"], "std": stats["std"], "width": train.shape[1],
+                "erank": stats["erank"], "std": stats["std"], "width": train.shape[1], "rows": len(train) + len(test),
                 "seconds": time.perf_counter() - tic}
 
 

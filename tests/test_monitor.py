@@ -124,6 +124,7 @@ def test_monitor_equals_features_clip_by_clip_and_two_workers_agree(demo, tmp_pa
     assert got["knn_top1"] == knn_top1(train, train_labels, test, test_labels)
     stats = embedding_stats(torch.cat([train, test]))
     assert got["erank"] == pytest.approx(stats["erank"], rel=1e-4) and got["width"] == 512
+    assert got["rows"] == 5 + len(test)  # the rank of the pooled features is at most this
     assert got["std"] == pytest.approx(stats["std"], rel=1e-4)
 
     two = run_on_two_workers(_monitor_worker, demo, tmp_path=tmp_path)

@@ -362,3 +362,10 @@ def test_augmentation_flags_reach_the_dataset(csv_file, capsys):
         with pytest.raises(SystemExit):
             train.parse_args(shlex.split(f"--csv_file {csv_file} {bad}"))
         assert message in capsys.readouterr().err
+
+
+def test_a_bad_monitor_csv_stops_before_any_output(csv_file, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"nope\.csv"):
+        run(csv_file, out, f"--monitor_train_csv {tmp_path / 'nope.csv'} --monitor_test_csv {tmp_path / 'nope.csv'}")
+    assert not (out / "tensorboard").exists() and not (out / "log.jsonl").exists()
