@@ -13,15 +13,13 @@ paths are relative to OUT, so the folder can be moved. Deterministic given ``--s
 in a temporary folder renamed at the end; a no-op when OUT already exists.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from datasets.index import VideoRecord, frame_name, write_csv
-from engine.files import make_temp_dir
+from engine.files import atomic_dir
 
 CLASSES = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
 WIDTH, HEIGHT = 80, 64
@@ -60,8 +58,7 @@ def make_demo_data(out_dir, videos: int = 48, frames: int = 40, seed: int = 0) -
     if videos < 2 * len(CLASSES) or frames < 1:
         raise ValueError(f"videos={videos}, frames={frames}: need >= {2 * len(CLASSES)} videos "
                          "(2 per class) and >= 1 frame")
-    tmp = make_temp_dir(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         rng = np.random.default_rng(seed)
         train, test = [], []
         for v in range(videos):
@@ -77,13 +74,4 @@ def make_demo_data(out_dir, videos: int = 48, frames: int = 40, seed: int = 0) -
         write_csv(tmp / "test.csv", test, relative_to=tmp)
         write_csv(tmp / "pretrain.csv", [VideoRecord(r.path, r.frames) for r in train + test], relative_to=tmp)
         (tmp / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES), encoding="utf-8")
-        os.rename(tmp, out_dir)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if out_dir.is_dir():  # another process finished it first
-            return out_dir
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

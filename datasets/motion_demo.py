@@ -31,9 +31,6 @@ Deterministic given the seed: every video is drawn from its own generator seeded
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.index import VideoRecord, frame_name, write_csv
+from engine.files import atomic_dir
 
 SHAPES = ("disc", "square", "diamond")
 SPLITS = ("pretrain", "train", "test")
@@ -187,9 +185,7 @@ def make_motion_data(out_dir, *, seed: int = 0, size: int = 48, frames: int = 40
         raise ValueError(f"size={size}, frames={frames}, n_pretrain/train/test={n_pretrain}/{n_train}/{n_test}: "
                          "need size >= 8, frames >= 2 and non-negative counts, not all zero")
     names = class_names(classes)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         records: dict[str, list[VideoRecord]] = {}
         for split, count in zip(SPLITS, (n_pretrain, n_train, n_test)):
             records[split] = []
@@ -206,13 +202,4 @@ def make_motion_data(out_dir, *, seed: int = 0, size: int = 48, frames: int = 40
         write_csv(tmp / "train.csv", records["train"], relative_to=tmp)
         write_csv(tmp / "test.csv", records["test"], relative_to=tmp)
         (tmp / "classes.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-        os.rename(tmp, out_dir)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if out_dir.is_dir():  # another process finished it first
-            return out_dir
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

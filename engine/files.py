@@ -9,6 +9,7 @@ readable by its owner only.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,3 +60,22 @@ def make_temp_dir(final: str | os.PathLike, tag: str = "partial") -> Path:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{tag}-"))
     tmp.chmod(default_mode(directory=True))
     return tmp
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Fill a fresh temporary folder beside ``final`` (see :func:`make_temp_dir`) and rename it onto
+    ``final`` when the block succeeds; on any error the temporary folder is removed. If another process
+    renamed its own folder onto ``final`` first, that one is kept and this one dropped."""
+    final = Path(final)
+    tmp = make_temp_dir(final)
+    try:
+        yield tmp
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

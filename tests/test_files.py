@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from engine.files import atomic_write, default_mode, make_temp_dir
+from engine.files import atomic_dir, atomic_write, default_mode, make_temp_dir
 
 
 @pytest.fixture
@@ -48,3 +48,19 @@ def test_binary_write_replaces_and_creates_the_folder(tmp_path):
         f.write(b"\x02")
     assert target.read_bytes() == b"\x02"
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.bin"]
+
+
+def test_atomic_dir_renames_on_success_and_removes_on_failure(tmp_path):
+    with atomic_dir(tmp_path / "built") as tmp:
+        (tmp / "a.txt").write_text("x")
+        assert not (tmp_path / "built").exists()  # nothing under the final name before the end
+    assert (tmp_path / "built" / "a.txt").read_text() == "x"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "broken") as tmp:
+            (tmp / "half").write_text("y")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built"]
+    with atomic_dir(tmp_path / "built") as tmp:  # another process got there first: its folder is kept
+        (tmp / "b.txt").write_text("z")
+    assert sorted(p.name for p in (tmp_path / "built").iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built"]
