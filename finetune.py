@@ -11,10 +11,8 @@ import argparse
 
 import torch
 
-from datasets import DataError, FrameDecodeError
-from engine.checkpoint import CheckpointError
-from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args, fit,
-                                 read_inputs, seed_everything, start_run, test_and_report, video_datasets)
+from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args,
+                                 exit_on_user_error, fit, read_inputs, seed_everything, start_run, test_and_report, video_datasets)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,11 +50,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """The command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and status 1."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (CheckpointError, DataError, FrameDecodeError) as e:
-        raise SystemExit(f"error: {e}") from e
+    args = parse_args(argv)  # argparse reports its own errors
+    return exit_on_user_error(lambda: run(args))
 
 
 if __name__ == "__main__":

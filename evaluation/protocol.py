@@ -22,7 +22,7 @@ import random
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from datasets.index import DataError, read_csv
+from datasets.index import DataError, FrameDecodeError, read_csv
 from datasets.loader import loader_kwargs
-from engine.checkpoint import (git_commit, load_backbone, load_checkpoint, resolve_resume, rng_state,
+from engine.checkpoint import (CheckpointError, git_commit, load_backbone, load_checkpoint, resolve_resume, rng_state,
                                save_checkpoint, set_rng_state)
 from engine.files import atomic_write
 from engine.sampling import ResumableSampler, SeededSamples
@@ -483,3 +483,11 @@ def test_and_report(cfg: Protocol, model: nn.Module, test_set: Dataset, dev: tor
     tracker.print(f"video-level test accuracy over {len(labels)} videos: top-1 {100 * report['top1']:.2f}%  "
                   f"top-5 {100 * report['top5']:.2f}%  -> {out_dir / 'results.json'}")
     return results
+
+
+def exit_on_user_error(call: Callable[[], dict]) -> dict:
+    """``call()`` for a command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line, status 1."""
+    try:
+        return call()
+    except (CheckpointError, DataError, FrameDecodeError) as e:
+        raise SystemExit(f"error: {e}") from e

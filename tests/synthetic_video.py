@@ -52,3 +52,14 @@ def sequential_decode(path: Path) -> list[np.ndarray]:
     """Every frame of ``path`` in decoding order, as RGB arrays: the reference the tests compare with."""
     with av.open(str(path)) as container:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def audio_only(path: Path) -> Path:
+    """A Matroska file with one silent audio stream and no video stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -4,14 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 from PIL import Image
 
 from datasets.index import DataError, VideoRecord, frame_name, read_csv
 from scripts.make_csv import hmdb51_lists, main, ucf101_lists
-from tests.synthetic_video import encode, sequential_decode, textured_frames
+from tests.synthetic_video import audio_only, encode, sequential_decode, textured_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,13 +106,7 @@ def _junk_and_audio(folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     junk = folder / "junk.mp4"
     junk.write_bytes(b"not a video at all" * 40)
-    audio = folder / "sound.mkv"
-    with av.open(str(audio), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    audio = audio_only(folder / "sound.mkv")
     return junk, audio
 
 

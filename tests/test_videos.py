@@ -13,7 +13,7 @@ from datasets import videos
 from datasets.frames import FrameDecodeError
 from datasets.videos import VideoDecodeError, VideoReader, count_frames, iter_frames, number_packets, read_frames
 from scripts.extract_frames import extract_video
-from tests.synthetic_video import encode, sequential_decode, textured_frames
+from tests.synthetic_video import audio_only, encode, sequential_decode, textured_frames
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +149,7 @@ def test_count_frames_ignores_missing_and_lying_headers(tmp_path):
 def test_unreadable_files_name_the_file(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"this is not a video" * 50)
-    audio = tmp_path / "sound.mkv"
-    with av.open(str(audio), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    audio = audio_only(tmp_path / "sound.mkv")
     cases = [(junk, "cannot open it"), (audio, "no video stream"), (tmp_path / "gone.mp4", "cannot open")]
     for path, needle in cases:
         for call in (lambda: read_frames(path, [0]), lambda: count_frames(path), lambda: videos.frame_size(path)):
