@@ -68,16 +68,23 @@ def knn_top1(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Ten
     return right / len(test_n)
 
 
+LEVELS = ("low", "mid", "high")  # the backbone's maps, in the order it returns them
+
+
 @torch.no_grad()
-def pooled_features(backbone: nn.Module, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Globally pooled last maps ``[N, C]`` (float32, CPU) of the clips of ``loader`` and their labels ``[N]``."""
-    feats, labels = [], []
+def pooled_features(backbone: nn.Module, loader: DataLoader, device: torch.device,
+                    levels: tuple[str, ...] = ("high",)) -> tuple[dict[str, Tensor], Tensor]:
+    """Globally pooled maps ``{level: [N, C_level]}`` (float32, CPU) of the clips of ``loader`` for
+    each of ``levels`` (``low``, ``mid``, ``high``: layer2/3/4 of r3d18), and their labels ``[N]``."""
+    feats, labels = {level: [] for level in levels}, []
     for clips, y in loader:  # [b,3,T,H,W]
-        feats.append(backbone(clips.to(device, non_blocking=True))[2].mean(dim=(2, 3, 4)).float().cpu())
+        maps = dict(zip(LEVELS, backbone(clips.to(device, non_blocking=True))))
+        for level in levels:
+            feats[level].append(maps[level].mean(dim=(2, 3, 4)).float().cpu())
         labels.append(torch.as_tensor(y))
-    if not feats:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels)
+    if not labels:
+        return {level: torch.empty(0, 0) for level in levels}, torch.empty(0, dtype=torch.long)
+    return {level: torch.cat(f) for level, f in feats.items()}, torch.cat(labels)
 
 
 class KnnMonitor:
@@ -86,30 +93,36 @@ class KnnMonitor:
     One centred clip per video (``datasets.CentreClipDataset``: ``seq`` frames, ``img_dim`` pixels),
     ``batch_size`` clips per forward pass, ``workers`` loader processes. Call it on every rank: each
     extracts its share (videos ``rank::world_size``) and all features are gathered; every rank gets
-    the same result.
+    the same result. The scores are of the pooled last map (``high``); each other level named in
+    ``levels`` adds its kNN top-1 as ``knn_top1_<level>`` (where in the backbone the classes are told).
     """
 
     def __init__(self, train_csv: str, test_csv: str, *, seq: int, img_dim: int, batch_size: int, workers: int,
-                 k: int = 20, temperature: float = 0.07):
+                 k: int = 20, temperature: float = 0.07, levels: tuple[str, ...] = ()):
         from datasets import CentreClipDataset
 
         self.sets = {name: CentreClipDataset(csv_file, seq=seq, img_dim=img_dim)
                      for name, csv_file in (("train", train_csv), ("test", test_csv))}
+        unknown = set(levels) - set(LEVELS)
+        if unknown:
+            raise ValueError(f"levels {sorted(unknown)}: choose from {LEVELS}")
+        self.levels = ("high", *(level for level in levels if level != "high"))
         self.batch_size, self.workers, self.k, self.temperature = batch_size, workers, k, temperature
 
-    def _features(self, dataset, backbone: nn.Module, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _features(self, dataset, backbone: nn.Module, device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
         rank, world = distributed.get_rank(), distributed.get_world_size()
         share = list(range(rank, len(dataset), world))
         loader = DataLoader(Subset(dataset, share), batch_size=self.batch_size, num_workers=self.workers,
                             **loader_kwargs(self.workers))
-        feats, labels = pooled_features(backbone, loader, device)
+        feats, labels = pooled_features(backbone, loader, device, self.levels)
         parts = distributed.all_gather_object((share, feats, labels))  # every rank's share, in rank order
         order = torch.tensor([i for indices, _, _ in parts for i in indices]).argsort()
-        return (torch.cat([f for _, f, _ in parts if len(f)])[order],
+        return ({level: torch.cat([f[level] for _, f, y in parts if len(y)])[order] for level in self.levels},
                 torch.cat([y for _, _, y in parts])[order])
 
     def __call__(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
-        """``{'knn_top1', 'erank', 'std', 'width', 'rows', 'seconds'}``; the backbone is left in the mode it was in.
+        """``{'knn_top1', 'erank', 'std', 'width', 'rows', 'seconds'}`` (plus ``knn_top1_<level>`` for the
+        other ``levels``); the backbone is left in the mode it was in.
 
         ``rows`` is the number of videos of both sets: with ``width`` it bounds the effective rank."""
         tic = time.perf_counter()
@@ -120,10 +133,12 @@ class KnnMonitor:
             test, test_labels = self._features(self.sets["test"], backbone, device)
         finally:
             backbone.train(was_training)
-        stats = embedding_stats(torch.cat([train, test]))
-        return {"knn_top1": knn_top1(train, train_labels, test, test_labels, k=self.k, temperature=self.temperature),
-                "erank": stats["erank"], "std": stats["std"], "width": train.shape[1], "rows": len(train) + len(test),
-                "seconds": time.perf_counter() - tic}
+        knn = {level: knn_top1(train[level], train_labels, test[level], test_labels, k=self.k,
+                               temperature=self.temperature) for level in self.levels}
+        stats = embedding_stats(torch.cat([train["high"], test["high"]]))
+        return {"knn_top1": knn["high"], "erank": stats["erank"], "std": stats["std"], "width": train["high"].shape[1],
+                "rows": len(train_labels) + len(test_labels), "seconds": time.perf_counter() - tic,
+                **{f"knn_top1_{level}": knn[level] for level in self.levels if level != "high"}}
 
 
 def batch_health(out: dict[str, Tensor]) -> dict[str, float]:

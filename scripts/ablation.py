@@ -9,7 +9,9 @@ backbone three ways on the labelled train/test videos:
 - ``probe``: the linear probe on cached pooled features (``eval_linear.py --features``), top-1;
 - ``knn``: the weighted kNN classifier on one centred clip per video (``evaluation.monitor``), top-1;
 - ``order``: the temporal-order accuracy of ``visualization/temporal_cam.py``'s order head;
-- ``erank``: the effective rank of the pooled features (collapse shows as a handful).
+- ``erank``: the effective rank of the pooled features (collapse shows as a handful);
+- ``knn_mid``, ``knn_low``: the kNN classifier on the pooled layer3 and layer2 maps instead of
+  layer4's (a diagnostic: where in the backbone, if anywhere, the classes are told apart).
 
 Variants: ``random`` (no pretraining: the baseline), ``inst``, ``inst_motion``,
 ``inst_motion_align``, ``inst_motion_align_proto``, ``full`` (all terms, graph from ``--split``).
@@ -17,7 +19,9 @@ Variants: ``random`` (no pretraining: the baseline), ``inst``, ``inst_motion``,
 Writes ``OUT/ablation.md`` (mean ± std over seeds per variant and metric, with the exact flags)
 and ``OUT/ablation.png`` (grouped bars). Every cell's scores go to ``OUT/cells/<variant>_s<seed>/result.json``;
 a finished cell is never recomputed and an interrupted pretraining resumes (``--resume auto``), so
-the command can be re-run until the grid is complete. Checkpoints are removed once a cell is scored
+the command can be re-run until the grid is complete. Cells run seed by seed (every variant's seed 0
+first), and the table and plot are rewritten after each cell, so a grid stopped early still
+compares every variant. Checkpoints are removed once a cell is scored
 (``--keep_checkpoints`` keeps them).
 """
 from __future__ import annotations
@@ -54,7 +58,7 @@ VARIANTS = {
     "inst_motion_align_proto": ["inst", "motion", "align", "proto"],
     "full": ["inst", "motion", "align", "proto", "graph"],
 }
-METRICS = ("probe", "knn", "order", "erank")
+METRICS = ("probe", "knn", "order", "erank", "knn_mid", "knn_low")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,9 +126,10 @@ def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, ce
     if ckpt:
         load_backbone(backbone, ckpt)
     monitor = KnnMonitor(str(data / "train.csv"), str(data / "test.csv"), seq=args.seq, img_dim=args.img_dim,
-                         batch_size=32, workers=args.workers)
+                         batch_size=32, workers=args.workers, levels=("low", "mid"))
     seen = monitor(backbone, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    return {"probe": probe["top1"], "knn": seen["knn_top1"], "order": order["order_accuracy"], "erank": seen["erank"]}
+    return {"probe": probe["top1"], "knn": seen["knn_top1"], "order": order["order_accuracy"], "erank": seen["erank"],
+            "knn_mid": seen["knn_top1_mid"], "knn_low": seen["knn_top1_low"]}
 
 
 def run_cell(args: argparse.Namespace, variant: str, seed: int, data: Path) -> dict:
@@ -161,7 +166,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def table(results: list[dict], args: argparse.Namespace) -> str:
     """``ablation.md``: one row per variant, mean ± std over seeds, and the flags of the rows."""
     names = {"probe": "linear probe top-1 (%)", "knn": "kNN top-1 (%)", "order": "order accuracy (%)",
-             "erank": "effective rank"}
+             "erank": "effective rank", "knn_mid": "kNN on layer3 (%)", "knn_low": "kNN on layer2 (%)"}
     lines = ["| variant (`--terms`) | seeds | " + " | ".join(names[m] for m in METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
     for variant in VARIANTS:
@@ -215,18 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.data = args.data or args.out / "data"
     data = make_motion_data(args.data, seed=args.data_seed)
-    cells = [(variant, seed) for variant in args.variants for seed in range(args.seeds)]
+    cells = [(variant, seed) for seed in range(args.seeds) for variant in args.variants]
     results = []
     for k, (variant, seed) in enumerate(cells):
         print(f"[ablation] cell {k + 1}/{len(cells)}: {variant}, seed {seed}", flush=True)
         results.append(run_cell(args, variant, seed, data))
         r = results[-1]
         print(f"[ablation] {variant} seed {seed}: probe {100 * r['probe']:.1f}%, kNN {100 * r['knn']:.1f}%, "
-              f"order {100 * r['order']:.1f}%, effective rank {r['erank']:.1f}", flush=True)
-    text = table(results, args)
-    with atomic_write(args.out / "ablation.md", "w") as f:
-        f.write(text)
-    plot(results, args.out / "ablation.png")
+              f"order {100 * r['order']:.1f}%, effective rank {r['erank']:.1f}, "
+              f"kNN layer3/layer2 {100 * r['knn_mid']:.1f}/{100 * r['knn_low']:.1f}%", flush=True)
+        text = table(results, args)
+        with atomic_write(args.out / "ablation.md", "w") as f:
+            f.write(text)
+        plot(results, args.out / "ablation.png")
     print(text)
     print(f"-> {args.out / 'ablation.md'}, {args.out / 'ablation.png'}")
     return 0

@@ -49,3 +49,25 @@ def test_grid_table_plot_and_no_recomputation(data, tmp_path, monkeypatch, capsy
     assert json.loads((out / "cells" / "inst_s0" / "result.json").read_text())["probe"] == pytest.approx(
         cells["inst_s0"]["probe"])
     assert not list((out / "cells" / "inst_s0" / "pretrain").glob("*.pth"))  # removed once scored
+
+
+def test_cells_run_seed_by_seed_and_the_table_follows_each_cell(data, tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    order = []
+
+    def fake_cell(args, variant, seed, data):
+        if len(order) == 3:
+            raise KeyboardInterrupt  # the grid is stopped during its fourth cell
+        order.append((variant, seed))
+        value = 0.1 * len(order)
+        return {"variant": variant, "seed": seed, "train_flags": [], "pretrain_seconds": 0.0, "probe": value,
+                "knn": value, "order": 0.5, "erank": 10.0, "knn_mid": value, "knn_low": value}
+
+    monkeypatch.setattr(ablation, "run_cell", fake_cell)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.main(["--out", str(out), "--data", str(data), "--variants", "random", "inst", "--seeds", "2"])
+    assert order == [("random", 0), ("inst", 0), ("random", 1)]  # every variant's seed 0 first
+    table = (out / "ablation.md").read_text()  # written after the third cell, before the stop
+    assert "| random (random init) | 2 | 20.0 ± 14.1 |" in table  # probe of cells 1 and 3: 10 and 30
+    assert "| inst (inst) | 1 | 20.0 ± 0.0 |" in table
+    assert (out / "ablation.png").is_file()

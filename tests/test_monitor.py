@@ -87,10 +87,10 @@ def demo(tmp_path_factory):
     return root
 
 
-def _features(backbone, csv_file):
+def _features(backbone, csv_file, level=2):
     dataset = CentreClipDataset(csv_file, seq=SEQ, img_dim=IMG)
     with torch.no_grad():
-        feats = torch.cat([backbone(dataset[i][0][None])[2].mean(dim=(2, 3, 4)) for i in range(len(dataset))])
+        feats = torch.cat([backbone(dataset[i][0][None])[level].mean(dim=(2, 3, 4)) for i in range(len(dataset))])
     return feats, torch.tensor([v.label for v in dataset.videos])
 
 
@@ -115,7 +115,7 @@ def test_monitor_equals_features_clip_by_clip_and_two_workers_agree(demo, tmp_pa
     backbone = build_backbone("r3d18")
     backbone.train()
     monitor = KnnMonitor(str(demo / "train5.csv"), str(demo / "test.csv"), seq=SEQ, img_dim=IMG, batch_size=2,
-                         workers=0)
+                         workers=0, levels=("low", "mid"))
     got = monitor(backbone, torch.device("cpu"))
     assert backbone.training  # the mode is restored
     backbone.eval()
@@ -126,6 +126,13 @@ def test_monitor_equals_features_clip_by_clip_and_two_workers_agree(demo, tmp_pa
     assert got["erank"] == pytest.approx(stats["erank"], rel=1e-4) and got["width"] == 512
     assert got["rows"] == 5 + len(test)  # the rank of the pooled features is at most this
     assert got["std"] == pytest.approx(stats["std"], rel=1e-4)
+    for level, name in ((0, "low"), (1, "mid")):  # layer2 / layer3, pooled
+        train, _ = _features(backbone, demo / "train5.csv", level)
+        test, _ = _features(backbone, demo / "test.csv", level)
+        assert got[f"knn_top1_{name}"] == knn_top1(train, train_labels, test, test_labels)
+    with pytest.raises(ValueError, match="levels"):
+        KnnMonitor(str(demo / "train5.csv"), str(demo / "test.csv"), seq=SEQ, img_dim=IMG, batch_size=2, workers=0,
+                   levels=("layer5",))
 
     two = run_on_two_workers(_monitor_worker, demo, tmp_path=tmp_path)
     single = _monitor_worker(0, demo)
