@@ -5,14 +5,17 @@ evaluation training augmentation: random resized crop (area 0.2-1, aspect 3/4-4/
 per clip, drawn on the stored frame), horizontal flip (p 0.5, whole clip), colour jitter
 (0.4, 0.4, 0.4, 0.1) with one draw for the whole clip applied with p 0.3, ImageNet
 normalisation.
-``mode='test'``: deterministic, ``(clips, label)`` with ``clips`` a :class:`VideoClips` of N
-clips ``[3, T, S, S]``: sliding windows with at least half overlap covering the video, times
-``views`` square crops of side ``test_crop`` x short side ('center'; 'five' = four corners +
-centre; 'ten' = five + their flips); clip ``w * V + v`` is window w, view v. N varies with the
-video length. ``VideoClips`` holds each needed frame's crops once, in uint8 (cropped and resized
-as the frame is decoded, so full-size frames are never all held); ``clips.split(n)`` yields the
-normalised float clips ``[n, 3, T, S, S]`` n at a time, ``clips.tensor()`` all of them at once.
-Use ``batch_size=1`` or a collate that concatenates (``VideoClips.cat``).
+``mode='test'``: deterministic, ``(clips [N, 3, T, S, S], label)``: N clips from sliding windows
+with at least half overlap covering the video, times ``views`` square crops of side
+``test_crop`` x short side ('center'; 'five' = four corners + centre; 'ten' = five + their
+flips); clip ``w * V + v`` is window w, view v. N varies with the video length: use
+``batch_size=1``.
+``lazy=True`` (test mode) gives ``clips`` as a :class:`VideoClips` instead, which holds each
+needed frame's crops once, in uint8 (cropped and resized as the frame is decoded), and makes
+the float clips only when asked: ``clips.split(n)`` yields ``[n, 3, T, S, S]`` n at a time,
+``clips.tensor()`` gives the eager tensor bit for bit. A long video's N float clips take N x T
+times the memory of its frames, so the evaluation code reads test sets lazily; collate with
+``VideoClips.cat`` (or ``batch_size=1`` and ``collate_fn=lambda b: b[0]``).
 A clip spans ``(seq - 1) * stride + 1`` frames; in a shorter video the indices are clamped
 to the last frame (the last frame repeats), so no labelled video is dropped.
 """
@@ -95,14 +98,14 @@ class ClipDataset(Dataset):
                  views: str = "center", num_classes: int | None = None,
                  crop_area: tuple[float, float] = (0.2, 1.0), test_crop: float = 0.875,
                  jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.3,
-                 flip_p: float = 0.5):
+                 flip_p: float = 0.5, lazy: bool = False):
         if mode not in ("train", "test"):
             raise ValueError(f"mode={mode!r}: expected 'train' or 'test'")
         if seq < 1 or img_dim < 1 or stride < 1:
             raise ValueError(f"seq={seq}, img_dim={img_dim}, stride={stride}: all must be >= 1")
         view_boxes(1, 1, views, test_crop)  # validates views early
         self.mode, self.seq, self.img_dim, self.stride, self.views = mode, seq, img_dim, stride, views
-        self.crop_area, self.test_crop, self.flip_p = crop_area, test_crop, flip_p
+        self.crop_area, self.test_crop, self.flip_p, self.lazy = crop_area, test_crop, flip_p, lazy
         self.videos = read_csv(csv_file, require_labels=True, num_classes=num_classes)
         self.num_classes = num_classes or max(video.label for video in self.videos) + 1
         self.color = v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p)
@@ -117,7 +120,8 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> tuple["torch.Tensor | VideoClips", int]:
         video = self.videos[i]
         if self.mode == "test":
-            return self.video_clips(i), video.label
+            clips = self.video_clips(i)
+            return (clips if self.lazy else clips.tensor()), video.label
         span = (self.seq - 1) * self.stride + 1
         width, height = frame_size(video.path)
         start = int(torch.randint(0, max(video.frames - span, 0) + 1, ()).item())

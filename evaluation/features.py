@@ -74,7 +74,7 @@ def video_set_features(model: nn.Module, csv_file: str, cfg: Protocol, dev: torc
     from datasets import ClipDataset
 
     dataset = ClipDataset(csv_file, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
-                          num_classes=cfg.classes)
+                          num_classes=cfg.classes, lazy=True)
     return extract_features(model, video_loader(dataset, workers=cfg.workers), dev, cfg.batch_size, tracker,
                             desc=desc)
 

@@ -269,11 +269,11 @@ def video_datasets(cfg: Protocol, train_idx: list[int], val_idx: list[int]) -> t
     k = cfg.classes  # the datasets check every label against it
     train = ClipDataset(cfg.train_csv, "train", seq=cfg.seq, img_dim=cfg.img_dim, num_classes=k)
     test = ClipDataset(cfg.test_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
-                       num_classes=k)
+                       num_classes=k, lazy=True)
     if not val_idx:
         return train, None, test
     held_out = ClipDataset(cfg.train_csv, "test", seq=cfg.seq, img_dim=cfg.img_dim, views=cfg.test_views,
-                           num_classes=k)
+                           num_classes=k, lazy=True)
     return Subset(train, train_idx), Subset(held_out, val_idx), test
 
 

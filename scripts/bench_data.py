@@ -292,7 +292,7 @@ def test_loader_rss(root: Path, frames: int, quality: int, seed: int) -> tuple[f
     ``frames``-frame video at seq 16, img_dim 112, centre view."""
     csv_file = build_frames(root / "long", 1, frames, quality, seed)
     write_csv(csv_file, [record._replace(label=0) for record in read_csv(csv_file)])  # a labelled CSV
-    dataset = ClipDataset(csv_file, "test", seq=16, img_dim=112, views="center")
+    dataset = ClipDataset(csv_file, "test", seq=16, img_dim=112, views="center", lazy=True)
     loader = DataLoader(_PeakRSS(dataset), batch_size=None, num_workers=1, **loader_kwargs(1))
     (clips, _), before, peak = next(iter(loader))
     return before, peak, len(clips)

@@ -43,8 +43,9 @@ def test_window_starts_cover_with_half_overlap(frames, span):
 
 @pytest.mark.parametrize("views, count", [("center", 1), ("five", 5), ("ten", 10)])
 def test_test_mode_windows_times_views(tmp_path, views, count):
-    dataset = ClipDataset(_csv(tmp_path, [(20, 1)]), "test", seq=4, img_dim=8, stride=2, views=views)
+    dataset = ClipDataset(_csv(tmp_path, [(20, 1)]), "test", seq=4, img_dim=8, stride=2, views=views, lazy=True)
     video, label = dataset[0]
+    assert isinstance(video, VideoClips)
     clips = video.tensor()
     windows = window_starts(20, 7)  # span (4 - 1) * 2 + 1
     assert clips.shape == (len(windows) * count, 3, 4, 8, 8) and label == 1
@@ -52,6 +53,9 @@ def test_test_mode_windows_times_views(tmp_path, views, count):
         for v in range(count):
             assert _frame_indices(clips[w * count + v]) == [start, start + 2, start + 4, start + 6]
     torch.testing.assert_close(dataset[0][0].tensor(), clips)  # deterministic
+    eager, eager_label = ClipDataset(tmp_path / "c.csv", "test", seq=4, img_dim=8, stride=2, views=views)[0]
+    assert isinstance(eager, torch.Tensor) and eager_label == 1  # the default: the tensor itself
+    torch.testing.assert_close(eager, clips, rtol=0, atol=0)
     assert len(video) == len(clips)
     torch.testing.assert_close(torch.cat(list(video.split(3))), clips)  # chunks of 3 clips give the same
     assert [len(part) for part in video.split(3)] == [3] * (len(clips) // 3) + ([len(clips) % 3] if len(clips) % 3 else [])
@@ -61,7 +65,7 @@ def test_test_mode_windows_times_views(tmp_path, views, count):
 
 def test_short_video_repeats_its_last_frame(tmp_path):
     dataset = ClipDataset(_csv(tmp_path, [(3, 0)]), "test", seq=5, img_dim=8)
-    clips = dataset[0][0].tensor()
+    clips = dataset[0][0]
     assert clips.shape == (1, 3, 5, 8, 8) and _frame_indices(clips[0]) == [0, 1, 2, 2, 2]
     train = ClipDataset(tmp_path / "c.csv", "train", seq=5, img_dim=8, jitter_p=0.0)
     assert _frame_indices(train[0][0]) == [0, 1, 2, 2, 2]
@@ -119,7 +123,6 @@ def test_video_rows_give_the_clips_of_their_frame_folders(tmp_path):
         for name in ("v", "f"):
             torch.manual_seed(3)
             clips, label = ClipDataset(tmp_path / f"{name}.csv", mode, seq=4, img_dim=16, **kwargs)[0]
-            clips = clips.tensor() if isinstance(clips, VideoClips) else clips
             out[name] = denormalize(clips.transpose(-4, -3), channel_dim=-3)
             assert label == 1
         assert out["v"].shape == out["f"].shape == ((len(window_starts(30, 7)) * 5, 4, 3, 16, 16) if mode == "test"
@@ -137,7 +140,6 @@ def test_a_csv_mixing_videos_and_folders(tmp_path):
     dataset = ClipDataset(tmp_path / "c.csv", "test", seq=4, img_dim=8, stride=3)
     for i in (0, 1):
         clips, label = dataset[i]
-        clips = clips.tensor()
         assert label == i and clips.shape == (1, 3, 4, 8, 8)
         assert _frame_indices(clips[0]) == [0, 3, 6, 9]
 
@@ -170,7 +172,7 @@ def test_video_clips_equal_whole_window_crops_and_join(tmp_path):
         pixels = torch.randint(0, 256, (30, 40, 3), generator=gen, dtype=torch.uint8).numpy()
         Image.fromarray(pixels).save(folder / frame_name(i), quality=95)
     (tmp_path / "n.csv").write_text("noise,23,0\nnoise,9,1\n")
-    dataset = ClipDataset(tmp_path / "n.csv", "test", seq=6, img_dim=12, views="ten")
+    dataset = ClipDataset(tmp_path / "n.csv", "test", seq=6, img_dim=12, views="ten", lazy=True)
     for i in range(2):
         torch.testing.assert_close(dataset[i][0].tensor(), _reference_test_clips(dataset, i), rtol=0, atol=0)
     (a, _), (b, _) = dataset[0], dataset[1]
@@ -191,7 +193,7 @@ def test_video_clips_decode_only_the_windows_asked_for(tmp_path, monkeypatch):
             yield frame
 
     monkeypatch.setattr(clips_module, "iter_frames", counting)
-    dataset = ClipDataset(_csv(tmp_path, [(40, 0)]), "test", seq=4, img_dim=8)
+    dataset = ClipDataset(_csv(tmp_path, [(40, 0)]), "test", seq=4, img_dim=8, lazy=True)
     first = dataset.video_clips(0, max_windows=1)
     assert len(decoded) == 4 and len(first) == 1
     assert _frame_indices(first.tensor()[0]) == [0, 1, 2, 3]

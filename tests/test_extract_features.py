@@ -48,7 +48,7 @@ def test_features_match_the_backbone_clip_by_clip(data, tmp_path):
     want, counts = [], []
     with torch.no_grad():
         for i in range(len(dataset)):
-            clips = dataset[i][0].tensor()  # [N,3,T,H,W]
+            clips = dataset[i][0]  # [N,3,T,H,W]
             want.append(backbone(clips)[2].mean(dim=(2, 3, 4)))
             counts.append(len(clips))
     assert saved["clip_counts"].tolist() == counts and all(n % 5 == 0 for n in counts)

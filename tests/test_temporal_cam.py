@@ -82,7 +82,7 @@ def test_command_line_end_to_end(data, tmp_path):
     right, clips = 0, 0
     with torch.no_grad():
         for k in range(len(test_set)):
-            windows = test_set[k][0].tensor()  # [N,3,T,H,W]
+            windows = test_set[k][0]  # [N,3,T,H,W]
             for label, x in ((0, windows), (1, windows.flip(2))):
                 pred = pooled_logits(head, backbone(x)[2]).argmax(1)  # [N]
                 right += int((pred == label).sum())
@@ -95,7 +95,7 @@ def test_command_line_end_to_end(data, tmp_path):
     # two videos, each with a forward and a reversed clip: 8 overlays and one grid per clip
     videos = sorted((out / "videos").iterdir())
     assert len(videos) == 2
-    first = test_set[0][0].tensor()[0]  # the first window of the first test video [3,T,H,W]
+    first = test_set[0][0][0]  # the first window of the first test video [3,T,H,W]
     for v, folder in enumerate(videos):
         grids = {}
         for direction in ("forward", "reversed"):
@@ -239,7 +239,7 @@ def test_order_accuracy_forwards_a_long_video_in_chunks(data, tmp_path):
     """Every window of a video, with its reversed copy, goes through the model at most ``chunk`` at a time."""
     data_dir, _ = data
     write_csv(tmp_path / "long.csv", [read_csv(data_dir / "test.csv")[0]])
-    test_set = ClipDataset(tmp_path / "long.csv", mode="test", seq=4, img_dim=32)  # 12 frames: 5 windows
+    test_set = ClipDataset(tmp_path / "long.csv", mode="test", seq=4, img_dim=32, lazy=True)  # 12 frames: 5 windows
     calls = []
 
     class Recorder(torch.nn.Module):

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # every input first (the CSVs before a large checkpoint): a bad one stops the run before --out_dir is made
     train_set = ClipDataset(args.train_csv, mode="train", seq=args.seq, img_dim=args.img_dim)
-    test_set = ClipDataset(args.test_csv, mode="test", seq=args.seq, img_dim=args.img_dim)
+    test_set = ClipDataset(args.test_csv, mode="test", seq=args.seq, img_dim=args.img_dim, lazy=True)
     backbone = build_backbone(args.arch)
     loaded = load_backbone(backbone, args.pretrained)["summary"] if args.pretrained else None
     backbone.requires_grad_(False)  # frozen; train_epoch keeps it in eval mode: BN keeps its running statistics
