@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datasets.loader import loader_kwargs
 from engine import distributed
+from models.backbones import LEVELS
 
 
 def effective_rank(x: Tensor) -> float:
@@ -66,9 +67,6 @@ def knn_top1(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Ten
         votes = torch.zeros(len(sim), classes).scatter_add_(1, train_labels[idx], (top / temperature).exp())  # [q,K]
         right += int((votes.argmax(1) == test_labels[start:start + chunk]).sum())
     return right / len(test_n)
-
-
-LEVELS = ("low", "mid", "high")  # the backbone's maps, in the order it returns them
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from torchvision.models.video import S3D, VideoResNet, r2plus1d_18
 from torchvision.models.video.resnet import BasicBlock, Conv3DSimple
 
 BACKBONES = ("r3d18", "s3d", "r2plus1d18")
+LEVELS = ("low", "mid", "high")  # the names of the maps every backbone returns, in that order
 # Spatial stride of the high (last) map: the stem's (4 for r3d18: conv + max-pool; 2 for r2plus1d18) times
 # 8 for layers 2-4; 32 for S3D. An input side below it gives a last map of one position that sees mostly
 # padding (S3D fails outright below 17 pixels); below twice it, the last map has one real position a side.
