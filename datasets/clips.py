@@ -156,16 +156,23 @@ class ClipDataset(Dataset):
 class CentreClipDataset(Dataset):
     """One deterministic clip per video of a ``path,frames,label`` CSV: ``(clip [3, T, S, S], label)``.
 
-    The clip is the ``seq`` frames in the middle of the video (clamped to the last frame in a
-    shorter one), centre crop of side ``test_crop`` x short side, resized to ``img_dim``,
-    ImageNet-normalised; no randomness. For cheap, bounded-memory monitoring during pretraining
-    (one clip per video, not all windows).
+    The clip is the ``seq`` frames in the middle of the video (``window="first"`` / ``"last"``: the
+    first / last ``seq`` frames; clamped to the last frame in a shorter video), centre crop of side
+    ``test_crop`` x short side, resized to ``img_dim``, ImageNet-normalised; no randomness. With
+    ``static=True`` every step of the clip is the window's first frame: the video's appearance with
+    its motion removed. For cheap, bounded-memory monitoring during pretraining (one clip per video,
+    not all windows) and for the diagnostics of ``evaluation.monitor.video_identity``.
     """
 
-    def __init__(self, csv_file, seq: int = 16, img_dim: int = 112, *, test_crop: float = 0.875):
+    WINDOWS = ("centre", "first", "last")
+
+    def __init__(self, csv_file, seq: int = 16, img_dim: int = 112, *, test_crop: float = 0.875,
+                 window: str = "centre", static: bool = False):
         if seq < 1 or img_dim < 1:
             raise ValueError(f"seq={seq}, img_dim={img_dim}: both must be >= 1")
-        self.seq, self.img_dim, self.test_crop = seq, img_dim, test_crop
+        if window not in self.WINDOWS:
+            raise ValueError(f"window={window!r}: choose from {self.WINDOWS}")
+        self.seq, self.img_dim, self.test_crop, self.window, self.static = seq, img_dim, test_crop, window, static
         self.videos = read_csv(csv_file, require_labels=True)
 
     def __len__(self) -> int:
@@ -173,8 +180,11 @@ class CentreClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         video = self.videos[i]
-        start = max(video.frames - self.seq, 0) // 2
+        spare = max(video.frames - self.seq, 0)
+        start = {"centre": spare // 2, "first": 0, "last": spare}[self.window]
         indices = [min(start + t, video.frames - 1) for t in range(self.seq)]
+        if self.static:
+            indices = indices[:1] * self.seq
         width, height = frame_size(video.path)
         [(box, _)] = view_boxes(width, height, "center", self.test_crop)
         frames = read_frames(video.path, indices, decode_size([box], self.img_dim))  # [T, H, W, 3] uint8

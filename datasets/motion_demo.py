@@ -112,23 +112,27 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def draw_video(rng: np.random.Generator, label: int, *, size: int = 48, frames: int = 40,
-               classes: int = 8, noise: bool = True) -> MotionVideo:
+               classes: int = 8, noise: bool = True, look: np.random.Generator | None = None) -> MotionVideo:
     """Draw the parameters of one video of class ``label`` (see the module docstring).
 
     Per video: background texture; 1 or 2 shapes, each with its own kind, colour, half-size in
     [size/12, size/6], uniform start on the torus and speed in [0.75, 1.75] x size/48 pixels per
     frame along the class direction (shapes of a video share the direction, not the speed).
+    ``look`` draws the appearance (background, number of shapes, kinds, sizes, colours) and ``rng``
+    the rest (default: ``rng`` draws all); a ``look`` seeded alike for every video gives videos that
+    look the same and differ only in where their shapes start and how they move.
     """
+    look = rng if look is None else look
     direction = class_directions(classes)[label]
-    background = _background(rng, size)
+    background = _background(look, size)
     shapes = []
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(int(look.integers(1, 3))):
         speed = rng.uniform(0.75, 1.75) * size / 48
-        shapes.append(Shape(kind=SHAPES[int(rng.integers(len(SHAPES)))],
+        shapes.append(Shape(kind=SHAPES[int(look.integers(len(SHAPES)))],
                             x=float(rng.uniform(0, size)), y=float(rng.uniform(0, size)),
                             vx=float(speed * direction[0]), vy=float(speed * direction[1]),
-                            radius=float(rng.uniform(size / 12, size / 6)),
-                            colour=tuple(float(c) for c in rng.uniform(0, 255, 3))))
+                            radius=float(look.uniform(size / 12, size / 6)),
+                            colour=tuple(float(c) for c in look.uniform(0, 255, 3))))
     noise_seed = int(rng.integers(2 ** 31)) if noise else None
     return MotionVideo(background, tuple(shapes), frames, noise_seed)
 
@@ -171,10 +175,13 @@ def _labels(count: int, classes: int, split: str, seed: int) -> list[int]:
 
 
 def make_motion_data(out_dir, *, seed: int = 0, size: int = 48, frames: int = 40, n_pretrain: int = 320,
-                     n_train: int = 240, n_test: int = 80, classes: int = 8, quality: int = 90) -> Path:
+                     n_train: int = 240, n_test: int = 80, classes: int = 8, quality: int = 90,
+                     shared_appearance: bool = False) -> Path:
     """Write the motion benchmark to ``out_dir`` (layout in the module docstring); return its path.
 
     Pretraining videos have labels too (balanced), but they are not written to ``pretrain.csv``.
+    ``shared_appearance``: every video has the same background and shapes (a control, not the
+    benchmark: appearance then cannot tell one video from another, only positions and motion can).
     Built in a temporary folder renamed at the end; nothing is done if ``out_dir`` exists.
     """
     out_dir = Path(out_dir)
@@ -190,8 +197,9 @@ def make_motion_data(out_dir, *, seed: int = 0, size: int = 48, frames: int = 40
         for split, count in zip(SPLITS, (n_pretrain, n_train, n_test)):
             records[split] = []
             for index, label in enumerate(_labels(count, classes, split, seed)):
+                look = np.random.default_rng([seed, 1 << 21]) if shared_appearance else None
                 video = draw_video(video_seed(seed, split, index), label, size=size, frames=frames,
-                                   classes=classes)
+                                   classes=classes, look=look)
                 folder = tmp / "frames" / split / names[label] / f"{split}_{index:05d}"
                 folder.mkdir(parents=True)
                 for t, image in enumerate(render(video)):

@@ -10,7 +10,10 @@
   nearest train features vote with weight ``exp(sim / temperature)``);
 - :class:`KnnMonitor`: pooled backbone features of one centred clip per video of a labelled train
   and test CSV, extracted without gradient in eval mode (every rank extracts its share under
-  ``torch.distributed``; the features are gathered), then kNN top-1 and the collapse statistics.
+  ``torch.distributed``; the features are gathered), then kNN top-1 and the collapse statistics;
+- :func:`video_identity`: can the features find a video again from a later, disjoint clip of it
+  (:func:`same_video_top1`)? With ``static=True`` the clips are frozen frames, so only appearance
+  can do it: a diagnostic of whether an instance-level objective has an appearance shortcut.
 """
 from __future__ import annotations
 
@@ -83,6 +86,37 @@ def pooled_features(backbone: nn.Module, loader: DataLoader, device: torch.devic
     if not labels:
         return {level: torch.empty(0, 0) for level in levels}, torch.empty(0, dtype=torch.long)
     return {level: torch.cat(f) for level, f in feats.items()}, torch.cat(labels)
+
+
+def same_video_top1(query: Tensor, keys: Tensor) -> float:
+    """Rows ``i`` of ``query [N, D]`` and ``keys [N, D]`` are two clips of video ``i``: the fraction of
+    videos whose query is most cosine-similar to their own key among all ``N`` (chance: ``1/N``)."""
+    if len(query) != len(keys) or len(query) == 0:
+        raise ValueError(f"need as many queries as keys, at least one: got {len(query)} and {len(keys)}")
+    sim = F.normalize(query.float(), dim=1) @ F.normalize(keys.float(), dim=1).T  # [N,N]
+    return (sim.argmax(1) == torch.arange(len(sim))).float().mean().item()
+
+
+@torch.no_grad()
+def video_identity(backbone: nn.Module, csv_file, *, seq: int, img_dim: int, batch_size: int, workers: int,
+                   device: torch.device, static: bool = False) -> float:
+    """:func:`same_video_top1` of the pooled last map (eval mode, centre crop) between each video's
+    first and last ``seq`` frames (disjoint when the video has at least ``2 * seq``); with ``static``
+    each clip is its first frame repeated (``datasets.CentreClipDataset(static=True)``): no motion,
+    only what the video looks like. One process; the backbone is left in the mode it was in."""
+    from datasets import CentreClipDataset
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        feats = []
+        for window in ("first", "last"):
+            dataset = CentreClipDataset(csv_file, seq=seq, img_dim=img_dim, window=window, static=static)
+            loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, **loader_kwargs(workers))
+            feats.append(pooled_features(backbone, loader, device)[0]["high"])
+    finally:
+        backbone.train(was_training)
+    return same_video_top1(*feats)
 
 
 class KnnMonitor:

@@ -11,7 +11,11 @@ backbone three ways on the labelled train/test videos:
 - ``order``: the temporal-order accuracy of ``visualization/temporal_cam.py``'s order head;
 - ``erank``: the effective rank of the pooled features (collapse shows as a handful);
 - ``knn_mid``, ``knn_low``: the kNN classifier on the pooled layer3 and layer2 maps instead of
-  layer4's (a diagnostic: where in the backbone, if anywhere, the classes are told apart).
+  layer4's (a diagnostic: where in the backbone, if anywhere, the classes are told apart);
+- ``vid``, ``vid_static``: how often a train video's first 16 frames find its own last 16 frames
+  among all train videos (``evaluation.monitor.video_identity``); ``vid_static`` uses one frozen
+  frame per clip, so only appearance can do it (a diagnostic: can the instance-level terms be
+  solved by appearance, without motion?).
 
 Variants: ``random`` (no pretraining: the baseline), ``inst``, ``inst_motion``,
 ``inst_motion_align``, ``inst_motion_align_proto``, ``full`` (all terms, graph from ``--split``).
@@ -22,7 +26,8 @@ a finished cell is never recomputed and an interrupted pretraining resumes (``--
 the command can be re-run until the grid is complete. Cells run seed by seed (every variant's seed 0
 first), and the table and plot are rewritten after each cell, so a grid stopped early still
 compares every variant. Checkpoints are removed once a cell is scored
-(``--keep_checkpoints`` keeps them).
+(``--keep_checkpoints`` keeps them; a cell scored before a metric was added gets it on the next run
+while its checkpoint is there, and shows "–" otherwise).
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ import train
 from datasets.motion_demo import make_motion_data
 from engine.checkpoint import load_backbone
 from engine.files import atomic_write
-from evaluation.monitor import KnnMonitor
+from evaluation.monitor import KnnMonitor, video_identity
 from evaluation.report import write_json
 from models import build_backbone
 from visualization import temporal_cam
@@ -58,7 +63,7 @@ VARIANTS = {
     "inst_motion_align_proto": ["inst", "motion", "align", "proto"],
     "full": ["inst", "motion", "align", "proto", "graph"],
 }
-METRICS = ("probe", "knn", "order", "erank", "knn_mid", "knn_low")
+METRICS = ("probe", "knn", "order", "erank", "knn_mid", "knn_low", "vid", "vid_static")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,24 +126,46 @@ def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, ce
                               "--batch_size", "64"])
     order = temporal_cam.main([*shared_flags(args, ckpt, seed, data, cell / "order"), "--epochs",
                                str(args.order_epochs), "--batch_size", "16", "--num_videos", "0"])
-    torch.manual_seed(seed)  # the random initialisation eval_linear.py and temporal_cam.py draw
+    backbone = load(ckpt, seed)
+    monitor = KnnMonitor(str(data / "train.csv"), str(data / "test.csv"), seq=args.seq, img_dim=args.img_dim,
+                         batch_size=32, workers=args.workers, levels=("low", "mid"))
+    seen = monitor(backbone, DEVICE)
+    return {"probe": probe["top1"], "knn": seen["knn_top1"], "order": order["order_accuracy"], "erank": seen["erank"],
+            "knn_mid": seen["knn_top1_mid"], "knn_low": seen["knn_top1_low"], **identity(args, backbone, data)}
+
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(ckpt: Path | None, seed: int) -> torch.nn.Module:
+    """The backbone of a cell: pretrained from ``ckpt``, or the random initialisation seeded by ``seed``
+    (the one eval_linear.py and temporal_cam.py draw)."""
+    torch.manual_seed(seed)
     backbone = build_backbone("r3d18")
     if ckpt:
         load_backbone(backbone, ckpt)
-    monitor = KnnMonitor(str(data / "train.csv"), str(data / "test.csv"), seq=args.seq, img_dim=args.img_dim,
-                         batch_size=32, workers=args.workers, levels=("low", "mid"))
-    seen = monitor(backbone, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    return {"probe": probe["top1"], "knn": seen["knn_top1"], "order": order["order_accuracy"], "erank": seen["erank"],
-            "knn_mid": seen["knn_top1_mid"], "knn_low": seen["knn_top1_low"]}
+    return backbone
+
+
+def identity(args: argparse.Namespace, backbone: torch.nn.Module, data: Path) -> dict[str, float]:
+    """``vid`` and ``vid_static`` (see the module docstring) on the labelled train videos."""
+    common = dict(seq=args.seq, img_dim=args.img_dim, batch_size=32, workers=args.workers, device=DEVICE)
+    return {"vid": video_identity(backbone, data / "train.csv", **common),
+            "vid_static": video_identity(backbone, data / "train.csv", static=True, **common)}
 
 
 def run_cell(args: argparse.Namespace, variant: str, seed: int, data: Path) -> dict:
     """Pretrain (unless ``random``) and score one cell; reuse its result.json when present."""
     cell = args.out / "cells" / f"{variant}_s{seed}"
     result_file = cell / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
     terms = VARIANTS[variant]
+    if result_file.is_file():
+        result = json.loads(result_file.read_text())
+        ckpt = None if terms is None else cell / "pretrain" / "last.pth"
+        if {"vid", "vid_static"} - set(result) and (ckpt is None or ckpt.is_file()):  # scored before they existed
+            result.update(identity(args, load(ckpt, seed), data))
+            write_json(result, result_file)
+        return result
     tic = time.perf_counter()
     ckpt, flags = None, []
     if terms is not None:
@@ -166,7 +193,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def table(results: list[dict], args: argparse.Namespace) -> str:
     """``ablation.md``: one row per variant, mean ± std over seeds, and the flags of the rows."""
     names = {"probe": "linear probe top-1 (%)", "knn": "kNN top-1 (%)", "order": "order accuracy (%)",
-             "erank": "effective rank", "knn_mid": "kNN on layer3 (%)", "knn_low": "kNN on layer2 (%)"}
+             "erank": "effective rank", "knn_mid": "kNN on layer3 (%)", "knn_low": "kNN on layer2 (%)",
+             "vid": "same video, later clip (%)", "vid_static": "same video, frozen frames (%)"}
     lines = ["| variant (`--terms`) | seeds | " + " | ".join(names[m] for m in METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
     for variant in VARIANTS:
@@ -176,12 +204,18 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         cells = []
         for metric in METRICS:
             scale = 1 if metric == "erank" else 100
-            mean, std = mean_std([scale * r[metric] for r in rows])
-            cells.append(f"{mean:.1f} ± {std:.1f}")
+            values = [scale * r[metric] for r in rows if metric in r]
+            if not values:  # scored before the metric existed, checkpoint gone
+                cells.append("–")
+                continue
+            mean, std = mean_std(values)
+            cells.append(f"{mean:.1f} ± {std:.1f}" + (f" ({len(values)})" if len(values) < len(rows) else ""))
         terms = "random init" if VARIANTS[variant] is None else " ".join(VARIANTS[variant])
         lines.append(f"| {variant} ({terms}) | {len(rows)} | " + " | ".join(cells) + " |")
     example = next((r["train_flags"] for r in results if r["train_flags"]), [])
-    lines += ["", f"Chance: {100 / len((Path(args.data) / 'classes.txt').read_text().split()):.1f} % top-1, 50 % order.",
+    videos = len((Path(args.data) / "train.csv").read_text().splitlines())
+    lines += ["", f"Chance: {100 / len((Path(args.data) / 'classes.txt').read_text().split()):.1f} % top-1, 50 % order, "
+              f"{100 / max(videos, 1):.1f} % same video (among {videos}).",
               "", "Pretraining command of a cell (`--terms` and `--seed` vary):", "",
               "    python train.py " + " ".join(shlex.quote(f) for f in example),
               "", f"Evaluation: linear probe on cached features for {args.probe_epochs} epochs; kNN k=20, T=0.07 on "
@@ -228,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         r = results[-1]
         print(f"[ablation] {variant} seed {seed}: probe {100 * r['probe']:.1f}%, kNN {100 * r['knn']:.1f}%, "
               f"order {100 * r['order']:.1f}%, effective rank {r['erank']:.1f}, "
-              f"kNN layer3/layer2 {100 * r['knn_mid']:.1f}/{100 * r['knn_low']:.1f}%", flush=True)
+              f"kNN layer3/layer2 {100 * r['knn_mid']:.1f}/{100 * r['knn_low']:.1f}%, same video "
+              f"{100 * r.get('vid', float('nan')):.1f}% ({100 * r.get('vid_static', float('nan')):.1f}% frozen)",
+              flush=True)
         text = table(results, args)
         with atomic_write(args.out / "ablation.md", "w") as f:
             f.write(text)

@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     motion.add_argument("--n_test", type=int, default=80, help="labelled test videos (default 80)")
     motion.add_argument("--classes", type=int, default=8,
                         help="number of classes, even: time-reversal pairs (default 8)")
+    motion.add_argument("--shared_appearance", action="store_true",
+                        help="a control, not the benchmark: every video has the same background and shapes, "
+                             "so only where the shapes are and how they move tells videos apart")
     return parser.parse_args(argv)
 
 
@@ -51,7 +54,7 @@ def main(argv=None) -> int:
         else:
             out = make_motion_data(args.out, seed=args.seed, size=args.size, frames=args.frames,
                                    n_pretrain=args.n_pretrain, n_train=args.n_train, n_test=args.n_test,
-                                   classes=args.classes)
+                                   classes=args.classes, shared_appearance=args.shared_appearance)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ def test_grid_table_plot_and_no_recomputation(data, tmp_path, monkeypatch, capsy
     for result in cells.values():
         assert 0.0 <= result["probe"] <= 1.0 and 0.0 <= result["knn"] <= 1.0 and 0.0 <= result["order"] <= 1.0
         assert 1.0 <= result["erank"] <= 512
+        assert 0.0 <= result["vid_static"] <= 1.0 and 0.0 <= result["vid"] <= 1.0
     assert cells["random_s0"]["train_flags"] == []
     flags = cells["inst_s0"]["train_flags"]
     assert flags[flags.index("--terms") + 1] == "inst" and flags[flags.index("--terms") + 2] == "--seq"
@@ -49,6 +50,19 @@ def test_grid_table_plot_and_no_recomputation(data, tmp_path, monkeypatch, capsy
     assert json.loads((out / "cells" / "inst_s0" / "result.json").read_text())["probe"] == pytest.approx(
         cells["inst_s0"]["probe"])
     assert not list((out / "cells" / "inst_s0" / "pretrain").glob("*.pth"))  # removed once scored
+
+    # a cell scored before the identity metrics existed gets them while its backbone can be rebuilt
+    # (random init; a kept checkpoint), else the table shows a dash
+    for name in ("random_s0", "inst_s0"):
+        stale = dict(cells[name])
+        del stale["vid"], stale["vid_static"]
+        (out / "cells" / name / "result.json").write_text(json.dumps(stale))
+    assert ablation.main(argv) == 0 and calls == [0]
+    random = json.loads((out / "cells" / "random_s0" / "result.json").read_text())
+    assert random["vid"] == cells["random_s0"]["vid"] and random["vid_static"] == cells["random_s0"]["vid_static"]
+    assert "vid" not in json.loads((out / "cells" / "inst_s0" / "result.json").read_text())
+    row = next(line for line in (out / "ablation.md").read_text().splitlines() if line.startswith("| inst (inst)"))
+    assert row.endswith("| – | – |")
 
 
 def test_cells_run_seed_by_seed_and_the_table_follows_each_cell(data, tmp_path, monkeypatch):

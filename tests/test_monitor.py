@@ -1,5 +1,6 @@
 """evaluation.monitor: effective rank, embedding spread, DINO-style kNN, the monitor on real clips (1 and 2 workers)."""
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -7,8 +8,9 @@ import torch
 
 from datasets import CentreClipDataset, read_csv
 from datasets.demo import make_demo_data
-from datasets.index import write_csv
-from evaluation.monitor import KnnMonitor, batch_health, effective_rank, embedding_stats, knn_top1
+from datasets.index import VideoRecord, frame_name, write_csv
+from evaluation.monitor import (KnnMonitor, batch_health, effective_rank, embedding_stats, knn_top1, same_video_top1,
+                                video_identity)
 from models import build_backbone
 from tests.two_workers import run_on_two_workers
 
@@ -94,11 +96,67 @@ def _features(backbone, csv_file, level=2):
     return feats, torch.tensor([v.label for v in dataset.videos])
 
 
-def test_centre_clip_is_the_middle_of_the_video(demo):
+def _copy_frames(video, first, count, folder):
+    """A frame folder holding frames ``first .. first + count - 1`` of ``video`` renumbered from 0."""
+    folder.mkdir(parents=True)
+    for t in range(count):
+        shutil.copy(video.path / frame_name(first + t), folder / frame_name(t))
+    return folder
+
+
+def test_centre_first_last_and_static_clips_are_those_frames(demo, tmp_path):
     dataset = CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG)
     clip, label = dataset[0]
-    assert clip.shape == (3, SEQ, IMG, IMG) and label == dataset.videos[0].label
+    video = dataset.videos[0]
+    assert clip.shape == (3, SEQ, IMG, IMG) and label == video.label and video.frames == 14
     assert torch.equal(clip, dataset[0][0])  # deterministic
+    # a 14-frame video, 8-frame clips: the centre window starts at frame 3, the last at frame 6;
+    # each equals the first window of a folder that holds only those frames
+    for window, start in (("centre", 3), ("first", 0), ("last", 6)):
+        cut = VideoRecord(_copy_frames(video, start, SEQ, tmp_path / window), SEQ, video.label)
+        write_csv(tmp_path / f"{window}.csv", [cut])
+        want = CentreClipDataset(tmp_path / f"{window}.csv", seq=SEQ, img_dim=IMG, window="first")[0][0]
+        got = CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG, window=window)[0][0]
+        assert torch.equal(got, want), window
+    static = CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG, window="last", static=True)[0][0]
+    last = CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG, window="last")[0][0]
+    assert torch.equal(static, last[:, :1].expand_as(last)) and not torch.equal(static, last)
+    with pytest.raises(ValueError, match="window"):
+        CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG, window="middle")
+
+
+def test_same_video_top1_matches_a_loop():
+    gen = torch.Generator().manual_seed(3)
+    query = torch.randn(30, 5, generator=gen)
+    keys = query + 1.2 * torch.randn(30, 5, generator=gen)  # noisy: some videos are missed
+    found = 0
+    for i, q in enumerate(query):
+        cosines = [float(torch.dot(q, k) / (q.norm() * k.norm())) for k in keys]
+        found += max(range(len(keys)), key=lambda j: cosines[j]) == i
+    got = same_video_top1(query, keys)
+    assert got == pytest.approx(found / 30) and 0 < got < 1
+    assert same_video_top1(query, 3 * query) == 1.0  # scale does not matter
+    with pytest.raises(ValueError, match="as many"):
+        same_video_top1(query, keys[:5])
+
+
+def test_video_identity_pairs_each_video_s_first_and_last_clip(demo):
+    torch.manual_seed(0)
+    backbone = build_backbone("r3d18")
+    backbone.train()
+    for static in (False, True):
+        got = video_identity(backbone, demo / "train.csv", seq=SEQ, img_dim=IMG, batch_size=3, workers=0,
+                             device=torch.device("cpu"), static=static)
+        assert backbone.training  # the mode is restored
+        backbone.eval()
+        feats = []
+        for window in ("first", "last"):
+            dataset = CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG, window=window, static=static)
+            with torch.no_grad():
+                feats.append(torch.cat([backbone(dataset[i][0][None])[2].mean(dim=(2, 3, 4))
+                                        for i in range(len(dataset))]))
+        backbone.train()
+        assert got == pytest.approx(same_video_top1(*feats), abs=1e-6), static
 
 
 def _monitor_worker(rank, root):

@@ -138,3 +138,25 @@ def test_same_frame_distribution_for_every_class():
         r = rows[rows[:, 0] == label]
         assert abs(r[:, 1].mean() - 24) < 4 and abs(r[:, 2].mean() - 24) < 4  # uniform on [0, 48): std ~1.6
         assert abs(r[:, 3].mean() - 6) < 0.6 and abs(r[:, 4].mean() - 1.25) < 0.1
+
+
+def test_shared_appearance_leaves_only_positions_and_motion(tmp_path):
+    look = lambda: np.random.default_rng([0, 1 << 21])  # noqa: E731 - seeded alike for every video
+    videos = [draw_video(video_seed(0, "train", i), label=i, look=look()) for i in range(4)]
+    for video in videos[1:]:
+        assert np.array_equal(video.background, videos[0].background)
+        assert [(s.kind, s.radius, s.colour) for s in video.shapes] == [
+            (s.kind, s.radius, s.colour) for s in videos[0].shapes]
+        assert video.shapes[0].x != videos[0].shapes[0].x  # where the shapes start is still drawn per video
+    assert len({(round(v.shapes[0].vx, 6), round(v.shapes[0].vy, 6)) for v in videos}) == 4  # 4 classes, 4 motions
+
+    def agreement(root):
+        """Fraction of pixels of frame 0 that two train videos share (within JPEG and sensor noise)."""
+        first, second = read_csv(root / "train.csv", require_labels=True)[:2]
+        a, b = _load(first)[0], _load(second)[0]
+        return float((np.abs(a - b).max(axis=2) < 20).mean())
+
+    kw = dict(size=48, frames=2, n_pretrain=1, n_train=2, n_test=1)
+    shared = make_motion_data(tmp_path / "shared", seed=0, shared_appearance=True, **kw)
+    default = make_motion_data(tmp_path / "default", seed=0, **kw)
+    assert agreement(shared) > 0.5 and agreement(default) < 0.2
