@@ -26,7 +26,9 @@ Layout written by :func:`make_motion_data` (paths in the CSVs relative to ``out_
     out_dir/classes.txt   class names in label order
 
 Deterministic given the seed: every video is drawn from its own generator seeded by
-``(seed, split, index)``, so a video does not depend on how many others are written.
+``(seed, split, index)``, so a video does not depend on how many others are written. (The
+``shared_appearance`` control draws every video's appearance from one more generator, seeded by
+``(seed, 2**21)``, and marks its folder with a file ``SHARED_APPEARANCE``.)
 """
 from __future__ import annotations
 
@@ -210,4 +212,7 @@ def make_motion_data(out_dir, *, seed: int = 0, size: int = 48, frames: int = 40
         write_csv(tmp / "train.csv", records["train"], relative_to=tmp)
         write_csv(tmp / "test.csv", records["test"], relative_to=tmp)
         (tmp / "classes.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+        if shared_appearance:  # a control: say so on disk
+            (tmp / "SHARED_APPEARANCE").write_text("every video has the same background and shapes (a control, "
+                                                   "not the benchmark)\n", encoding="utf-8")
     return out_dir

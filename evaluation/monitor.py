@@ -103,9 +103,14 @@ def video_identity(backbone: nn.Module, csv_file, *, seq: int, img_dim: int, bat
     """:func:`same_video_top1` of the pooled last map (eval mode, centre crop) between each video's
     first and last ``seq`` frames (disjoint when the video has at least ``2 * seq``); with ``static``
     each clip is its first frame repeated (``datasets.CentreClipDataset(static=True)``): no motion,
-    only what the video looks like. One process; the backbone is left in the mode it was in."""
+    only what the video looks like. One process; the backbone is left in the mode it was in.
+    A video with fewer than ``2 * seq`` frames is an error (its two clips would overlap)."""
     from datasets import CentreClipDataset
 
+    short = [video for video in CentreClipDataset(csv_file, seq=seq, img_dim=img_dim).videos if video.frames < 2 * seq]
+    if short:
+        raise ValueError(f"{short[0].path}: {short[0].frames} frames, fewer than 2 x seq = {2 * seq}, so its first and "
+                         f"last clips overlap ({len(short)} such videos in {csv_file}); use a smaller seq")
     was_training = backbone.training
     backbone.eval()
     try:

@@ -4,7 +4,7 @@
 
 For each variant and seed (a "cell"), pretrains r3d18 on the benchmark's unlabelled videos with
 ``train.py`` for a fixed budget (the same flags for every variant but ``--terms``), then scores the
-backbone three ways on the labelled train/test videos:
+backbone on the labelled train/test videos:
 
 - ``probe``: the linear probe on cached pooled features (``eval_linear.py --features``), top-1;
 - ``knn``: the weighted kNN classifier on one centred clip per video (``evaluation.monitor``), top-1;
@@ -12,10 +12,11 @@ backbone three ways on the labelled train/test videos:
 - ``erank``: the effective rank of the pooled features (collapse shows as a handful);
 - ``knn_mid``, ``knn_low``: the kNN classifier on the pooled layer3 and layer2 maps instead of
   layer4's (a diagnostic: where in the backbone, if anywhere, the classes are told apart);
-- ``vid``, ``vid_static``: how often a train video's first 16 frames find its own last 16 frames
-  among all train videos (``evaluation.monitor.video_identity``); ``vid_static`` uses one frozen
-  frame per clip, so only appearance can do it (a diagnostic: can the instance-level terms be
-  solved by appearance, without motion?).
+- ``vid``, ``vid_static``: how often a train video's first ``--seq`` frames find its own last
+  ``--seq`` frames among all train videos (``evaluation.monitor.video_identity``); ``vid_static``
+  uses one frozen frame per clip, so only appearance can do it (a diagnostic: can the
+  instance-level terms be solved by appearance, without motion?). Left out ("–") when a video has
+  fewer than ``2 * --seq`` frames (the two clips would overlap).
 
 Variants: ``random`` (no pretraining: the baseline), ``inst``, ``inst_motion``,
 ``inst_motion_align``, ``inst_motion_align_proto``, ``full`` (all terms, graph from ``--split``).
@@ -47,6 +48,7 @@ import torch
 
 import eval_linear
 import train
+from datasets import read_csv
 from datasets.motion_demo import make_motion_data
 from engine.checkpoint import load_backbone
 from engine.files import atomic_write
@@ -64,6 +66,7 @@ VARIANTS = {
     "full": ["inst", "motion", "align", "proto", "graph"],
 }
 METRICS = ("probe", "knn", "order", "erank", "knn_mid", "knn_low", "vid", "vid_static")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,7 +122,7 @@ def shared_flags(args: argparse.Namespace, ckpt: Path | None, seed: int, data: P
 
 
 def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, cell: Path) -> dict[str, float]:
-    """The four metrics of one backbone (``ckpt`` None: a random initialisation seeded by ``seed``)."""
+    """The metrics of one backbone (``ckpt`` None: a random initialisation seeded by ``seed``)."""
     classes = len((data / "classes.txt").read_text().split())
     probe = eval_linear.main([*shared_flags(args, ckpt, seed, data, cell / "probe"), "--features",
                               "--num_classes", str(classes), "--epochs", str(args.probe_epochs), "--schedule",
@@ -134,9 +137,6 @@ def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, ce
             "knn_mid": seen["knn_top1_mid"], "knn_low": seen["knn_top1_low"], **identity(args, backbone, data)}
 
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load(ckpt: Path | None, seed: int) -> torch.nn.Module:
     """The backbone of a cell: pretrained from ``ckpt``, or the random initialisation seeded by ``seed``
     (the one eval_linear.py and temporal_cam.py draw)."""
@@ -144,11 +144,16 @@ def load(ckpt: Path | None, seed: int) -> torch.nn.Module:
     backbone = build_backbone("r3d18")
     if ckpt:
         load_backbone(backbone, ckpt)
-    return backbone
+    return backbone.to(DEVICE)
 
 
 def identity(args: argparse.Namespace, backbone: torch.nn.Module, data: Path) -> dict[str, float]:
     """``vid`` and ``vid_static`` (see the module docstring) on the labelled train videos."""
+    shortest = min(video.frames for video in read_csv(data / "train.csv", require_labels=True))
+    if shortest < 2 * args.seq:
+        print(f"[ablation] no same-video scores: a train video has {shortest} frames, fewer than 2 x --seq "
+              f"{args.seq}", flush=True)
+        return {}
     common = dict(seq=args.seq, img_dim=args.img_dim, batch_size=32, workers=args.workers, device=DEVICE)
     return {"vid": video_identity(backbone, data / "train.csv", **common),
             "vid_static": video_identity(backbone, data / "train.csv", static=True, **common)}
@@ -213,7 +218,7 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         terms = "random init" if VARIANTS[variant] is None else " ".join(VARIANTS[variant])
         lines.append(f"| {variant} ({terms}) | {len(rows)} | " + " | ".join(cells) + " |")
     example = next((r["train_flags"] for r in results if r["train_flags"]), [])
-    videos = len((Path(args.data) / "train.csv").read_text().splitlines())
+    videos = len(read_csv(Path(args.data) / "train.csv", require_labels=True))
     lines += ["", f"Chance: {100 / len((Path(args.data) / 'classes.txt').read_text().split()):.1f} % top-1, 50 % order, "
               f"{100 / max(videos, 1):.1f} % same video (among {videos}).",
               "", "Pretraining command of a cell (`--terms` and `--seed` vary):", "",

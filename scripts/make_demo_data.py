@@ -48,6 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     existed = args.out.exists()
+    if existed and args.kind == "motion" and (args.out / "SHARED_APPEARANCE").exists() != args.shared_appearance:
+        built = "the benchmark" if args.shared_appearance else "the shared-appearance control"
+        print(f"error: {args.out} already holds {built}, not what was asked for: give another --out", file=sys.stderr)
+        return 2
     try:
         if args.kind == "shapes":
             out = make_demo_data(args.out, args.videos, args.frames, args.seed)

@@ -1,5 +1,6 @@
 """scripts/ablation.py on a tiny grid: cells, the table and the plot, and a re-run that recomputes nothing."""
 import json
+import shutil
 
 import pytest
 
@@ -42,6 +43,7 @@ def test_grid_table_plot_and_no_recomputation(data, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(ablation.train, "main", no_training)
     (out / "cells" / "inst_s0" / "result.json").unlink()
+    first_ckpt = shutil.copy(out / "cells" / "inst_s0" / "pretrain" / "last.pth", tmp_path / "inst_last.pth")
     calls = []
     real_score = ablation.score
     monkeypatch.setattr(ablation, "score", lambda *a: calls.append(a[2]) or real_score(*a))
@@ -53,6 +55,15 @@ def test_grid_table_plot_and_no_recomputation(data, tmp_path, monkeypatch, capsy
 
     # a cell scored before the identity metrics existed gets them while its backbone can be rebuilt
     # (random init; a kept checkpoint), else the table shows a dash
+    kept = out / "kept"
+    shutil.copytree(out / "cells" / "random_s0", kept / "cells" / "random_s0")
+    shutil.copytree(out / "cells" / "inst_s0", kept / "cells" / "inst_s0")
+    shutil.copy(first_ckpt, kept / "cells" / "inst_s0" / "pretrain" / "last.pth")
+    stale = dict(cells["inst_s0"])
+    del stale["vid"], stale["vid_static"]
+    (kept / "cells" / "inst_s0" / "result.json").write_text(json.dumps(stale))
+    assert ablation.main(["--out", str(kept), *argv[2:], "--keep_checkpoints"]) == 0 and calls == [0]
+    assert json.loads((kept / "cells" / "inst_s0" / "result.json").read_text())["vid"] == cells["inst_s0"]["vid"]
     for name in ("random_s0", "inst_s0"):
         stale = dict(cells[name])
         del stale["vid"], stale["vid_static"]

@@ -89,3 +89,14 @@ def test_command_line_builds_the_motion_benchmark(tmp_path, capsys):
     assert all(r.frames == 5 for r in read_csv(out / "pretrain.csv"))
     assert main(["--kind", "motion", "--out", str(tmp_path / "bad"), "--classes", "3"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    # the shared-appearance control is marked on disk; asking for the other one in its folder is an error
+    flags = ["--kind", "motion", "--size", "16", "--frames", "4", "--n_pretrain", "1", "--n_train", "2", "--n_test",
+             "2", "--classes", "2"]
+    assert main([*flags, "--out", str(tmp_path / "control"), "--shared_appearance"]) == 0
+    assert (tmp_path / "control" / "SHARED_APPEARANCE").is_file() and not (out / "SHARED_APPEARANCE").exists()
+    capsys.readouterr()
+    assert main([*flags, "--out", str(tmp_path / "control")]) == 2
+    assert "already holds the shared-appearance control" in capsys.readouterr().err
+    assert main([*flags, "--out", str(out), "--shared_appearance"]) == 2
+    assert "already holds the benchmark" in capsys.readouterr().err
+    assert main([*flags, "--out", str(tmp_path / "control"), "--shared_appearance"]) == 0  # the same again: a no-op

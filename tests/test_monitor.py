@@ -1,4 +1,5 @@
-"""evaluation.monitor: effective rank, embedding spread, DINO-style kNN, the monitor on real clips (1 and 2 workers)."""
+"""evaluation.monitor: effective rank, embedding spread, DINO-style kNN, the monitor on real clips (1 and 2 workers),
+the clip windows of CentreClipDataset and the same-video retrieval diagnostic."""
 import math
 import shutil
 
@@ -144,14 +145,18 @@ def test_video_identity_pairs_each_video_s_first_and_last_clip(demo):
     torch.manual_seed(0)
     backbone = build_backbone("r3d18")
     backbone.train()
+    seq = 7  # the demo's videos have 14 frames: two disjoint 7-frame clips
+    with pytest.raises(ValueError, match="14 frames, fewer than 2 x seq = 16"):
+        video_identity(backbone, demo / "train.csv", seq=8, img_dim=IMG, batch_size=3, workers=0,
+                       device=torch.device("cpu"))
     for static in (False, True):
-        got = video_identity(backbone, demo / "train.csv", seq=SEQ, img_dim=IMG, batch_size=3, workers=0,
+        got = video_identity(backbone, demo / "train.csv", seq=seq, img_dim=IMG, batch_size=3, workers=0,
                              device=torch.device("cpu"), static=static)
         assert backbone.training  # the mode is restored
         backbone.eval()
         feats = []
         for window in ("first", "last"):
-            dataset = CentreClipDataset(demo / "train.csv", seq=SEQ, img_dim=IMG, window=window, static=static)
+            dataset = CentreClipDataset(demo / "train.csv", seq=seq, img_dim=IMG, window=window, static=static)
             with torch.no_grad():
                 feats.append(torch.cat([backbone(dataset[i][0][None])[2].mean(dim=(2, 3, 4))
                                         for i in range(len(dataset))]))
