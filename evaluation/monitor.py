@@ -107,7 +107,9 @@ def video_identity(backbone: nn.Module, csv_file, *, seq: int, img_dim: int, bat
     A video with fewer than ``2 * seq`` frames is an error (its two clips would overlap)."""
     from datasets import CentreClipDataset
 
-    short = [video for video in CentreClipDataset(csv_file, seq=seq, img_dim=img_dim).videos if video.frames < 2 * seq]
+    sets = [CentreClipDataset(csv_file, seq=seq, img_dim=img_dim, window=window, static=static)
+            for window in ("first", "last")]
+    short = [video for video in sets[0].videos if video.frames < 2 * seq]
     if short:
         raise ValueError(f"{short[0].path}: {short[0].frames} frames, fewer than 2 x seq = {2 * seq}, so its first and "
                          f"last clips overlap ({len(short)} such videos in {csv_file}); use a smaller seq")
@@ -115,8 +117,7 @@ def video_identity(backbone: nn.Module, csv_file, *, seq: int, img_dim: int, bat
     backbone.eval()
     try:
         feats = []
-        for window in ("first", "last"):
-            dataset = CentreClipDataset(csv_file, seq=seq, img_dim=img_dim, window=window, static=static)
+        for dataset in sets:
             loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, **loader_kwargs(workers))
             feats.append(pooled_features(backbone, loader, device)[0]["high"])
     finally:
