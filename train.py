@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,18 +24,24 @@ from datasets import DataError, FrameDecodeError, PretrainDataset
 from datasets.demo import make_demo_data
 from datasets.loader import loader_kwargs
 from engine import distributed
-from engine.checkpoint import (CheckpointError, git_commit, key_mismatch, load_checkpoint, resolve_resume,
-                               rng_state, save_checkpoint, set_rng_state, unwrap)
+from engine.checkpoint import (BackgroundWriter, CheckpointError, git_commit, host_copy, key_mismatch,
+                               load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state, unwrap)
+from engine.device import prefetch
 from engine.rundir import OutDirError, claim_out_dir, remove_run_outputs
-from engine.sampling import ResumableSampler, SeededSamples
+from engine.sampling import EpochStream, SeededSamples
 from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args, original_error
 from evaluation.monitor import KnnMonitor, batch_health
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MFOModel
 from models.backbones import HIGH_STRIDE
 
+
+class CompileError(RuntimeError):
+    """``--compile`` cannot run here (torch.compile failed to trace or to build the backbone)."""
+
+
 # errors a user can meet and fix: reported as one line `error: ...`, also when raised in another process
-USER_ERRORS = (NonFiniteLossError, CheckpointError, DataError, FrameDecodeError, OutDirError)
+USER_ERRORS = (NonFiniteLossError, CheckpointError, DataError, FrameDecodeError, OutDirError, CompileError)
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
 DEMO_DATA = Path("data/demo")
@@ -83,6 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast for the backbone (CUDA only; ignored on CPU); motion excitation, "
                         "the heads, the prototype layer, Sinkhorn and every loss stay in float32")
+    g.add_argument("--compile", action="store_true",
+                   help="compile the backbone with torch.compile (off by default: the first steps then take a "
+                        "minute or more; see the README's 'Training speed' for when it pays)")
     g.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm layers in eval mode (running statistics); used to compare runs "
                         "over different numbers of workers")
@@ -119,6 +129,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="write epoch_NNNN.pth (model weights, prototype queue and arguments: what evaluation "
                         "needs; no optimizer state, which only last.pth holds) after every N-th epoch, i.e. "
                         "epochs N-1, 2N-1, ... (1: every epoch; 0: none)")
+    g.add_argument("--log_every", type=int, default=10, metavar="STEPS",
+                   help="read the loss terms every this many steps (one wait for the GPU per interval) and log "
+                        "their interval means, the speed and the batch's collapse statistics to TensorBoard; "
+                        "log.jsonl's epoch averages still count every step")
     g.add_argument("--save_every", type=int, default=1000,
                    help="also write last.pth every this many steps (0: only at epoch ends)")
     g.add_argument("--max_steps", type=int, default=0,
@@ -148,7 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.csv_file is None:
         parser.error("--csv_file is required (or --demo for a run on generated data)")
-    for name in ("seq", "sample", "img_dim", "train_batch", "epoch", "cluster", "channel", "queue_size", "nproc"):
+    for name in ("seq", "sample", "img_dim", "train_batch", "epoch", "cluster", "channel", "queue_size", "nproc",
+                 "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.rate < 1:
@@ -204,17 +219,17 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, clips: torch.Tensor, *,
-               step: int, use_graph: bool, use_queue: bool, freeze_prototypes: bool, objective: Objective,
-               amp: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimisation step on a batch ``clips`` [B,3,3,T,H,W]; returns the loss and its detached terms.
+               use_graph: bool, use_queue: bool, freeze_prototypes: bool, objective: Objective, amp: bool,
+               return_outputs: bool = False):
+    """One optimisation step on a batch ``clips`` [B,3,3,T,H,W]; returns the loss and its detached terms
+    (and, with ``return_outputs``, the model's detached outputs, which ``batch_health`` reads).
 
-    The terms also hold the batch's collapse statistics (``erank_<level>``, ``std_<level>``, see
-    ``evaluation.monitor.batch_health``).
+    Nothing here waits for the device: the loss and the terms stay device tensors, to be read by the
+    caller once per logging interval (``StepLog``), where a non-finite loss is caught.
 
     Prototype rows are L2-normalised before the forward pass (so logits are cosines) and hence
     before every optimiser step; with ``freeze_prototypes`` (epoch 0) their gradient is dropped.
     The global batch's logits are pushed into ``bank`` before the loss reads it.
-    A non-finite loss raises before anything is updated.
     """
     core = unwrap(model)
     core.normalize_prototypes()
@@ -223,30 +238,33 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Prototy
     out = {k: v.float() for k, v in out.items()}
     bank.push_local(out["logits"])  # the global batch's logits, without gradient
     loss, terms = mfo_objective(out, bank.read(use_queue), use_graph=use_graph, objective=objective)
-    check_finite(loss, terms, step)
-    terms.update({k: torch.tensor(v) for k, v in batch_health(out).items()})
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if freeze_prototypes:
         for p in core.prototypes.parameters():
             p.grad = None
     optimizer.step()
+    if return_outputs:
+        return loss, terms, {k: v.detach() for k, v in out.items()}
     return loss, terms
 
 
-def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, ResumableSampler]:
+def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, EpochStream]:
+    """One DataLoader for the whole run over an :class:`EpochStream` (call its ``set_span`` first): its
+    workers start once and never wait at an epoch boundary."""
     dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, rate=args.rate, img_dim=args.img_dim,
                               jitter=args.jitter, gray_p=args.gray_p, flip_p=args.flip_p)
-    sampler = ResumableSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=args.seed)
-    if len(sampler) < args.train_batch:
-        raise DataError(f"{args.csv_file}: {len(dataset)} usable videos give {len(sampler)} per process, fewer than "
-                        f"--train_batch {args.train_batch} x {ctx.world_size} process(es); lower --train_batch.")
+    stream = EpochStream(dataset, batch_size=args.train_batch, num_replicas=ctx.world_size, rank=ctx.rank,
+                         seed=args.seed)
+    if stream.steps_per_epoch < 1:
+        raise DataError(f"{args.csv_file}: {len(dataset)} usable videos give {stream.epochs.num_samples} per process, "
+                        f"fewer than --train_batch {args.train_batch} x {ctx.world_size} process(es); lower "
+                        "--train_batch.")
     samples = SeededSamples(dataset, seed=args.seed, errors=(FrameDecodeError, OSError), strict=args.strict_data)
-    loader = DataLoader(samples, batch_size=args.train_batch, sampler=sampler, num_workers=args.workers,
-                        pin_memory=ctx.device.type == "cuda", drop_last=True,
-                        persistent_workers=False, prefetch_factor=4 if args.workers > 0 else None,
+    loader = DataLoader(samples, batch_size=args.train_batch, sampler=stream, num_workers=args.workers,
+                        pin_memory=ctx.device.type == "cuda", prefetch_factor=4 if args.workers > 0 else None,
                         **loader_kwargs(args.workers))
-    return loader, sampler
+    return loader, stream
 
 
 def check_resume(state: dict, path: Path, model: nn.Module, args: argparse.Namespace, world_size: int,
@@ -277,12 +295,152 @@ def check_resume(state: dict, path: Path, model: nn.Module, args: argparse.Names
                               f"samples. Resume with {fits}, or start a new run in another --out_dir")
 
 
+@dataclass
+class RunState:
+    """Where a run stands: the counters that ``last.pth`` saves and a resume restores.
+
+    ``sums`` and ``counts`` are the running sums of every logged value over the steps of the current
+    epoch and the number of steps that logged it (the batch-health values are logged every
+    ``--log_every`` steps only), so an epoch's averages include the steps before a resume.
+    """
+
+    epoch: int = 0  # the epoch in progress
+    step_in_epoch: int = 0  # its steps done
+    global_step: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    replaced: int = 0  # videos replaced by another in this epoch, over all processes
+    seconds: float = 0.0  # wall time of this epoch's steps (the logged step times summed)
+
+    def add(self, record: dict[str, float]) -> None:
+        for name, value in record.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.counts[name] for name, total in self.sums.items()}
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step_in_epoch, self.sums, self.counts, self.replaced, self.seconds = \
+            self.epoch + 1, 0, {}, {}, 0, 0.0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "epoch_sums": dict(self.sums), "epoch_counts": dict(self.counts), "epoch_replaced": self.replaced,
+                "epoch_seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.sums = dict(state.get("epoch_sums", {}))
+        # checkpoints from before per-value counts logged every value at every step
+        self.counts = dict(state.get("epoch_counts", {name: self.step_in_epoch for name in self.sums}))
+        self.replaced = state.get("epoch_replaced", 0)
+        self.seconds = state.get("epoch_seconds", 0.0)
+
+
+class StepLog:
+    """The steps of the current logging interval, kept on the device until one read at its end.
+
+    Reading a CUDA tensor's value waits for every kernel queued before it. The trainer therefore
+    queues the steps of an interval back to back and reads them all at once (:meth:`read`): one
+    synchronisation per interval. Since the read waits for the work to finish, the wall time since
+    the previous read is the time of finished work, and the speed logged from it is true.
+    """
+
+    def __init__(self):
+        self.steps: list[tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]] = []
+        self.replaced = 0  # videos this process replaced in the interval
+        self.waited = 0.0  # seconds the loop waited for the loader in the interval
+        self.start = time.perf_counter()
+
+    def add(self, step: int, values: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor] | None,
+            replaced: int) -> None:
+        self.steps.append((step, values, outputs))
+        self.replaced += replaced
+
+    def read(self) -> tuple[list[dict[str, float]], float]:
+        """Every step's values as floats (one device-to-host copy; the batch health of the steps that kept
+        their outputs), and the wall seconds since the interval began. A non-finite loss raises."""
+        names = list(self.steps[0][1])
+        table = torch.stack([torch.stack([values[name].float() for name in names])
+                             for _, values, _ in self.steps]).cpu().tolist()  # [steps, values], waits for the device
+        seconds = time.perf_counter() - self.start
+        records = []
+        for (step, values, outputs), row in zip(self.steps, table):
+            record = dict(zip(names, row))
+            check_finite(record["loss"], record, step)
+            if outputs is not None:
+                record.update(batch_health({k: v.cpu() for k, v in outputs.items()}))
+            records.append(record)
+        return records, seconds
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, batches,
+                    state: RunState, *, steps: int, args: argparse.Namespace, ctx: distributed.Context,
+                    objective: Objective, tracker: Tracker, amp: bool, save, history: list[dict]) -> bool:
+    """Train the rest of epoch ``state.epoch`` (``steps`` batches in all) on ``batches``, an iterator of
+    ``(clips [B,3,3,T,H,W] on the device, replaced-video counts)`` at the epoch's next batch.
+
+    Values are read every ``--log_every`` steps, at the epoch's last step and before a checkpoint
+    (``save()`` every ``--save_every`` steps): TensorBoard gets their means over the
+    interval, ``history`` and ``state`` every step's values. Returns True when ``--max_steps`` stopped
+    the run (after saving), False at the end of the epoch.
+    """
+    use_graph, use_queue = state.epoch >= args.split, state.epoch >= args.queue_start
+    set_train_mode(model, args.freeze_bn)
+    clips_per_step = 3 * args.train_batch * ctx.world_size
+    bar = tracker.progress(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch}")
+    log = StepLog()
+    while state.step_in_epoch < steps:
+        tic = time.perf_counter()
+        clips, n_replaced = next(batches)
+        log.waited += time.perf_counter() - tic
+        state.global_step += 1
+        state.step_in_epoch += 1
+        health = state.global_step % args.log_every == 0 or state.step_in_epoch == steps
+        loss, terms, outputs = train_step(model, optimizer, bank, clips, use_graph=use_graph, use_queue=use_queue,
+                                          freeze_prototypes=state.epoch == 0, objective=objective, amp=amp,
+                                          return_outputs=True)
+        log.add(state.global_step, {"loss": loss.detach(), **terms}, outputs if health else None,
+                int(n_replaced.sum()))
+        stop = bool(args.max_steps) and state.global_step >= args.max_steps
+        checkpoint = stop or (args.save_every and state.global_step % args.save_every == 0)
+        if not (health or checkpoint):
+            continue
+        records, seconds = log.read()
+        state.replaced += int(distributed.sum_over_workers(log.replaced))  # a collective: the same step on all ranks
+        state.seconds += seconds
+        for record in records:
+            state.add(record)
+        history.extend(records)
+        means = {name: sum(r[name] for r in records if name in r) / sum(name in r for r in records)
+                 for name in records[-1]}
+        tracker.scalars({f"train/{k}": v for k, v in means.items()}, state.global_step)
+        tracker.scalars({"train/lr": optimizer.param_groups[0]["lr"], "speed/step_seconds": seconds / len(records),
+                         "speed/clips_per_s": clips_per_step * len(records) / seconds,
+                         "speed/data_wait_fraction": log.waited / seconds,
+                         "data/replaced_videos": state.replaced}, state.global_step)
+        bar.update(len(records))
+        bar.set_postfix(loss=f"{records[-1]['loss']:.3f}", clips_s=f"{clips_per_step * len(records) / seconds:.1f}")
+        if checkpoint:
+            save()
+        if stop:
+            bar.close()
+            return True
+        log = StepLog()
+    bar.close()
+    return False
+
+
 def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict]:
-    """Train on one process; returns the per-step loss terms (for in-process callers and tests)."""
+    """Train on one process; returns the per-step values (for in-process callers and tests)."""
     torch.manual_seed(args.seed)  # same initial model on every rank (DDP also broadcasts rank 0's)
     model = MFOModel(backbone=args.arch, channel=args.channel, cluster=args.cluster).to(ctx.device)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN time its kernels once and keep the best
+        model.channels_last()
     distributed.seed_worker_process(args.seed + ctx.rank)
-    loader, sampler = build_loader(args, ctx)
+    loader, stream = build_loader(args, ctx)
     bank = PrototypeBank(size=args.queue_size, cluster=args.cluster,
                          generator=torch.Generator().manual_seed(args.seed)).to(ctx.device)
     # fused: one kernel for all parameters (25x faster than the per-tensor loop on a CPU)
@@ -290,9 +448,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                                  fused=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay], gamma=0.1)
 
-    start_epoch, skip_steps, global_step = 0, 0, 0
-    sums: dict[str, float] = {}  # running sums of the loss terms over the steps of the current epoch
-    replaced = 0  # videos replaced by another in the current epoch
+    run = RunState()
     resume = resolve_resume(args.resume, args.out_dir)
     state = load_checkpoint(resume, map_location=ctx.device) if resume is not None else None
     if state is not None:
@@ -301,8 +457,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         bank.load_state_dict(state["bank"])
-        start_epoch, skip_steps, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        sums, replaced = dict(state.get("epoch_sums", {})), state.get("epoch_replaced", 0)
+        run.load_state_dict(state)
         same_world = len(state["rng"]) == ctx.world_size
         if same_world:
             set_rng_state(state["rng"][ctx.rank])
@@ -315,17 +470,14 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     removed = remove_run_outputs(args.out_dir) if args.overwrite and ctx.is_main else []
     # purge_step drops TensorBoard events an interrupted run logged after its checkpoint (all of them when
     # --resume auto found no checkpoint yet); the same for its log.jsonl lines of unfinished epochs
-    tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=global_step + 1 if args.resume else None)
+    tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=run.global_step + 1 if args.resume else None)
     if args.resume:
-        tracker.truncate_log("epoch", below=start_epoch)
+        tracker.truncate_log("epoch", below=run.epoch)
     tracker.print(format_args(vars(args), git_commit()))
     objective = objective_of(args)
-    tracker.hparams({"terms": " ".join(objective.terms), "tau": objective.tau, "proto_tau": objective.proto_tau,
-                     "sk_eps": objective.sk_eps, "sk_iters": objective.sk_iters,
-                     "level_weights": " ".join(map(str, objective.level_weights)),
-                     "proto_weight": objective.proto_weight, "thres": objective.thres, "lr": args.lr,
-                     "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq, "img_dim": args.img_dim})
-    warned_collapse = False
+    settings = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in asdict(objective).items()}
+    tracker.hparams({**settings, "lr": args.lr, "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq,
+                     "img_dim": args.img_dim})
     if removed:
         tracker.print(f"--overwrite: removed {', '.join(removed)} from {args.out_dir}")
     amp = args.amp and ctx.device.type == "cuda"
@@ -334,8 +486,8 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     if img_dim_warning(args.arch, args.img_dim):
         tracker.print(img_dim_warning(args.arch, args.img_dim))
     if state is not None:
-        tracker.print(f"resumed from {resume}: epoch {start_epoch}, step {skip_steps} of the epoch, "
-                      f"global step {global_step}")
+        tracker.print(f"resumed from {resume}: epoch {run.epoch}, step {run.step_in_epoch} of the epoch, "
+                      f"global step {run.global_step}")
         if not same_world:
             tracker.print(f"note: the checkpoint was written by {len(state['rng'])} process(es), this run has "
                           f"{ctx.world_size}: it continues at the same sample of the epoch (same global batch), "
@@ -350,89 +502,92 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
     core = unwrap(model)
+    if args.compile:
+        core.backbone.compile()  # in place: the state dict's keys stay those of the plain backbone
+    writer = BackgroundWriter()
 
-    def save(epoch: int, step_in_epoch: int, epoch_file: str | None) -> None:
-        """last.pth with everything a resume needs; ``epoch_file`` (if any) with what an evaluation needs."""
+    def save(epoch_file: str | None = None) -> None:
+        """last.pth with everything a resume needs (``epoch_file``, if any, with what an evaluation needs),
+        written in the background from a snapshot taken now."""
         rngs = distributed.all_gather_object(rng_state())  # a collective: every rank calls it
         if not ctx.is_main:
             return
-        weights = {"model": core.state_dict(), "bank": bank.state_dict(), "epoch": epoch,
-                   "global_step": global_step, "args": vars(args), "commit": git_commit()}
-        if epoch_file:
-            save_checkpoint(weights, Path(args.out_dir) / epoch_file)
-        save_checkpoint({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "step_in_epoch": step_in_epoch, "rng": rngs, "epoch_sums": dict(sums),
-                         "epoch_replaced": replaced}, Path(args.out_dir) / "last.pth")
+        weights = host_copy({"model": core.state_dict(), "bank": bank.state_dict(), "epoch": run.epoch,
+                             "global_step": run.global_step, "args": vars(args), "commit": git_commit()})
+        last = {**weights, **host_copy({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                        "rng": rngs, **run.state_dict()})}
 
-    history = []
-    steps_per_epoch = len(sampler) // args.train_batch
-    for epoch in range(start_epoch, args.epoch):
-        # the global batch equals the checkpoint's, so skip_steps global steps are skip_steps local batches
-        sampler.set_epoch(epoch, skip=skip_steps * args.train_batch)
-        set_train_mode(model, args.freeze_bn)
-        use_graph, use_queue = epoch >= args.split, epoch >= args.queue_start
-        bar = tracker.progress(loader, total=steps_per_epoch, initial=skip_steps, desc=f"epoch {epoch}")
-        tic = time.perf_counter()
-        step = skip_steps
-        for step, (clips, n_replaced) in enumerate(bar, start=skip_steps + 1):
-            data_time = time.perf_counter() - tic
-            clips = clips.to(ctx.device, non_blocking=True)  # [B,3,3,T,H,W]
-            global_step += 1
-            loss, terms = train_step(model, optimizer, bank, clips, step=global_step, use_graph=use_graph,
-                                     use_queue=use_queue, freeze_prototypes=epoch == 0, objective=objective,
-                                     amp=amp)
+        def write() -> None:
+            if epoch_file:
+                save_checkpoint(weights, Path(args.out_dir) / epoch_file)
+            save_checkpoint(last, Path(args.out_dir) / "last.pth")
 
-            step_time = time.perf_counter() - tic
-            replaced += distributed.sum_over_workers(int(n_replaced.sum()))
-            record = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
-            history.append(record)
-            for k, v in record.items():
-                sums[k] = sums.get(k, 0.0) + v
-            clips_per_s = 3 * clips.shape[0] * ctx.world_size / step_time
-            tracker.scalars({f"train/{k}": v for k, v in record.items()}, global_step)
-            tracker.scalars({"train/lr": optimizer.param_groups[0]["lr"], "speed/clips_per_s": clips_per_s,
-                             "speed/data_wait_fraction": data_time / step_time,
-                             "data/replaced_videos": replaced}, global_step)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", clips_s=f"{clips_per_s:.1f}")
-            stop = args.max_steps and global_step >= args.max_steps
-            if stop or (args.save_every and global_step % args.save_every == 0):
-                save(epoch, step, None)
-            if stop:
-                bar.close()
-                tracker.print(f"stopped after {global_step} steps (--max_steps); continue with --resume auto")
-                tracker.close()
+        writer.submit(write)
+
+    def watch(step: int) -> dict[str, float]:
+        """Run the monitor (a collective under DDP: every rank runs it) and log its values at ``step``."""
+        seen = monitor(core.backbone, ctx.device)
+        tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, step)
+        return {f"monitor_{k}": v for k, v in seen.items()}
+
+    history: list[dict] = []
+    warned_collapse = False
+    stream.set_span(run.epoch, args.epoch, skip=run.step_in_epoch * args.train_batch)
+    # the global batch equals the checkpoint's, so step_in_epoch global steps are step_in_epoch local batches
+    batches = prefetch(loader, ctx.device)
+    try:
+        if monitor is not None and run.global_step == 0:  # the backbone at initialisation: every curve's reference
+            tracker.epoch({"epoch": -1, "global_step": 0, **watch(0)})
+        while run.epoch < args.epoch:
+            if train_one_epoch(model, optimizer, bank, batches, run, steps=stream.steps_per_epoch, args=args, ctx=ctx,
+                               objective=objective, tracker=tracker, amp=amp, history=history,
+                               save=save):
+                writer.wait()
+                tracker.print(f"stopped after {run.global_step} steps (--max_steps); continue with --resume auto")
                 return history
-            tic = time.perf_counter()
-        bar.close()
-
-        scheduler.step()
-        # averages over every step of the epoch, also those before a resume (their sums come from the checkpoint)
-        summary = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
-                   "replaced_videos": replaced, **{k: v / max(step, 1) for k, v in sums.items()},
-                   "objective": {"terms": list(objective.terms), "tau": objective.tau,
-                                 "proto_tau": objective.proto_tau, "sk_eps": objective.sk_eps,
-                                 "sk_iters": objective.sk_iters, "level_weights": list(objective.level_weights),
-                                 "proto_weight": objective.proto_weight, "thres": objective.thres}}
-        if monitor is not None and ((epoch + 1) % args.monitor_every == 0 or epoch + 1 == args.epoch):
-            seen = monitor(core.backbone, ctx.device)  # a collective under DDP: every rank runs it
-            summary.update({f"monitor_{k}": v for k, v in seen.items()})
-            tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, global_step)
-            rank, width = seen["erank"], min(seen["width"], seen["rows"])
-        else:
-            rank, width = summary.get("erank_pooled"), min(core.backbone.channels[2], 2 * args.train_batch)
-        if rank is not None and rank < 0.05 * width and not warned_collapse:
-            warned_collapse = True
-            tracker.print(f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of "
-                          f"{width} possible (below 5%); see the README's 'Watching a run' for what to try")
-        # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
-        tracker.epoch(summary)
-        tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
-                                                     if k not in ("epoch", "objective")))
-        sums, replaced, skip_steps = {}, 0, 0
-        keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
-        save(epoch + 1, 0, f"epoch_{epoch:04d}.pth" if keep else None)
-    tracker.close()
+            epoch = run.epoch
+            scheduler.step()
+            # averages over every step of the epoch, also those before a resume (their sums come from the checkpoint)
+            summary = {"epoch": epoch, "global_step": run.global_step, "lr": optimizer.param_groups[0]["lr"],
+                       "steps": stream.steps_per_epoch, "train_seconds": run.seconds, "replaced_videos": run.replaced,
+                       **run.means(), "objective": asdict(objective)}
+            if monitor is not None and ((epoch + 1) % args.monitor_every == 0 or epoch + 1 == args.epoch):
+                summary.update(watch(run.global_step))
+                rank, width = summary["monitor_erank"], min(summary["monitor_width"], summary["monitor_rows"])
+            else:
+                rank, width = summary.get("erank_pooled"), min(core.backbone.channels[2], 2 * args.train_batch)
+            if rank is not None and rank < 0.05 * width and not warned_collapse:
+                warned_collapse = True
+                tracker.print(f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of "
+                              f"{width} possible (below 5%); see the README's 'Watching a run' for what to try")
+            writer.wait()  # the previous checkpoint is on disk before this epoch's line
+            # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
+            tracker.epoch(summary)
+            tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                                                         if k not in ("epoch", "objective")))
+            run.next_epoch()
+            keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
+            save(f"epoch_{epoch:04d}.pth" if keep else None)
+        writer.wait()
+    except Exception as e:
+        if args.compile and compile_failure(e):
+            cause = getattr(e, "inner_exception", None) or e  # a backend's failure, wrapped by dynamo
+            reason = (str(cause).strip().splitlines() or [""])[0]
+            raise CompileError(f"--compile: torch.compile could not build the backbone here "
+                               f"({type(cause).__name__}: {reason}); run without --compile") from e
+        raise
+    finally:
+        batches.close()  # stops the loader's workers
+        writer.close()
+        tracker.close()
     return history
+
+
+def compile_failure(error: Exception) -> bool:
+    """Whether ``error`` is torch.compile's (tracing or building, e.g. no C++ compiler or no Triton)."""
+    import torch._dynamo  # only imported with --compile: slow to import
+
+    return isinstance(error, torch._dynamo.exc.TorchDynamoException)
 
 
 def main(argv=None) -> list[dict] | None:

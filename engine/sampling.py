@@ -6,6 +6,9 @@ in the middle of an epoch:
 * :class:`ResumableSampler` — the rank's share of an epoch's permutation (torch's DistributedSampler,
   which depends only on seed and epoch), yielding ``(epoch, index)`` keys and able to skip the
   batches a resumed run has already trained on;
+* :class:`EpochStream` — those keys for several epochs back to back, each epoch cut to whole batches,
+  so that one DataLoader iterator serves a whole run: its workers start once and keep decoding the
+  next epoch's first batches while the trainer ends the current one (monitor, checkpoints);
 * :class:`SeededSamples` — wraps a dataset so that the random augmentation of a key is drawn from a
   generator seeded by ``(seed, epoch, index)``, and replaces a sample that fails to load by another
   video (reported once per path), unless ``strict``.
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 class ResumableSampler(DistributedSampler):
@@ -45,6 +48,44 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(self.num_samples - self.skip, 0)  # a skip past the end leaves nothing, never less
+
+
+class EpochStream(Sampler):
+    """The keys of epochs ``start, start + 1, ... end - 1`` back to back, for one rank.
+
+    Epoch ``e`` contributes :class:`ResumableSampler`'s keys of that epoch (the same order, whatever
+    the number of loader workers) cut to ``steps_per_epoch * batch_size`` keys, so a batch never spans
+    two epochs; the first epoch starts after the ``skip`` samples a resumed run has already trained on.
+    Call :meth:`set_span` before iterating. With ``batch_size`` as the DataLoader's, batch ``k`` of the
+    stream is batch ``k`` of what one epoch-by-epoch loader with ``drop_last=True`` would give.
+    """
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        self.epochs = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
+        self.batch_size = batch_size
+        self.start, self.skip, self.end = 0, 0, 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches of one whole epoch on this rank."""
+        return self.epochs.num_samples // self.batch_size
+
+    def set_span(self, start: int, end: int, skip: int = 0) -> None:
+        """Stream epochs ``start .. end - 1``, the first one without its first ``skip`` samples."""
+        if skip < 0 or skip > self.steps_per_epoch * self.batch_size:
+            raise ValueError(f"skip must be in [0, {self.steps_per_epoch * self.batch_size}], got {skip}")
+        self.start, self.end, self.skip = start, end, skip
+
+    def __iter__(self):
+        keep = self.steps_per_epoch * self.batch_size
+        for epoch in range(self.start, self.end):
+            self.epochs.set_epoch(epoch)
+            keys = list(self.epochs)[:keep]
+            yield from keys[self.skip:] if epoch == self.start else keys
+
+    def __len__(self) -> int:
+        return max(self.end - self.start, 0) * self.steps_per_epoch * self.batch_size - \
+            (self.skip if self.end > self.start else 0)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

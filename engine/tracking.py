@@ -30,13 +30,15 @@ def format_args(flags: Mapping, commit: str | None = None) -> str:
     return "\n".join([head, *lines])
 
 
-def check_finite(loss: torch.Tensor, terms: dict, step: int) -> None:
-    """Stop with a message naming the step and every loss term when ``loss`` is not finite."""
-    if math.isfinite(loss.item()):
+def check_finite(loss: float | torch.Tensor, terms: dict, step: int) -> None:
+    """Stop with a message naming the step and every loss term when ``loss`` (a number or a one-element
+    tensor, which this reads: a synchronisation on CUDA) is not finite."""
+    loss = float(loss)
+    if math.isfinite(loss):
         return
-    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(terms.items()))
+    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(terms.items()) if k != "loss")
     raise NonFiniteLossError(
-        f"non-finite loss {loss.item()} at global step {step} (terms: {detail}). "
+        f"non-finite loss {loss} at global step {step} (terms: {detail}). "
         "The last good checkpoint is kept; lower --lr or try without --amp, then --resume.")
 
 

@@ -103,7 +103,8 @@ def mfo_objective(out: dict[str, torch.Tensor], bank: torch.Tensor, *, use_graph
     terms["proto"] = proto
     parts.append(("proto", obj.proto_weight, proto))
     labels = (q_a + q_b).argmax(1)  # [Bg] semantic label of each video
-    terms["n_clusters"] = torch.tensor(float(labels.unique().numel()), device=labels.device)
+    # distinct labels, counted on the device: `unique` would wait for the GPU to learn its output size
+    terms["n_clusters"] = torch.zeros(out["logits"].shape[-1], device=labels.device).index_fill_(0, labels, 1).sum()
 
     if use_graph:
         graph = infer_graph(sim, labels, obj.thres)  # [Bg, Bg]

@@ -1,93 +1,226 @@
-"""Training-step cost of MFO against its backbone alone, on the current device (one process).
+"""Training speed, measured as ratios within one run on the current device.
 
-Prints, per configuration, the median time of
-  * backbone: forward + backward of the bare backbone on the same 3B clips (loss = mean of its maps),
-  * full step: train.train_step — MFO model, every loss with the graph constraint and the whole
-    prototype bank, backward and Adam step,
-and their ratio (target: <= 1.15), plus clips/s of the full step. A tiny CPU configuration always;
-with CUDA also the paper's (batch 64, seq 16, img 112) with and without bfloat16 autocast.
+Three measurements, each printed as a table:
 
-    python scripts/bench_train.py [--repeats 5] [--arch r3d18]
+* step (default): the median time of
+    - backbone: forward + backward of the bare backbone on the same 3B clips (loss = mean of its maps),
+    - full step: ``train.train_step`` (MFO model, every loss with the graph constraint and the whole
+      prototype bank, backward and the fused Adam step),
+  their ratio (target <= 1.15) and clips/s. A tiny CPU configuration always; with CUDA the paper's
+  (batch 64, seq 16, 112 px) in float32 and in bfloat16 side by side (target: bf16 full step >= 1.5x
+  float32), each with the backbone channels-last (what train.py uses on CUDA) and contiguous, and
+  with ``--compile`` also compiled.
+* ``--loop``: train.py's own epoch loop (``train.train_one_epoch``: batches from host memory through
+  the device prefetcher, values read every ``--log_every`` steps, TensorBoard scalars, progress bar)
+  on synthetic in-memory clips against the bare step repeated back to back; ratio = bare step time /
+  loop step time (target on a GPU >= 0.9).
+* ``--launch``: ``train.py --demo`` with 2 loader workers in one process, under
+  ``--multiprocessing-distributed`` and under ``torchrun``: the training loop's seconds per step
+  (the second epoch, once the workers run) and the kNN monitor's seconds, and their ratios to the
+  single process (target: within 10 %).
+
+    python scripts/bench_train.py [--repeats 5] [--arch r3d18] [--compile] [--loop] [--launch]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))
 
 import torch
 
+import train
+from engine.device import prefetch, synchronize
+from engine.tracking import Tracker
 from losses import Objective, PrototypeBank
 from models import BACKBONES, MFOModel
-from train import train_step
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+TINY = dict(batch=8, seq=8, img=64)
+PAPER = dict(batch=64, seq=16, img=112)
 
 
 def median_times(fns: dict, repeats: int, device: torch.device) -> dict:
     """Median wall time of each function; runs are interleaved so that load drifts hit all alike."""
     for fn in fns.values():
-        fn()  # warm-up (allocator, cuDNN autotuning)
+        fn()  # warm-up (allocator, cuDNN autotuning, compilation)
+        fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            sync(device)
+            synchronize(device)
             tic = time.perf_counter()
             fn()
-            sync(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - tic)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench(arch: str, batch: int, seq: int, img: int, amp: bool, repeats: int, device: torch.device,
-          cluster: int = 1000, queue: int = 1024) -> dict:
+def setup(arch: str, batch: int, seq: int, img: int, device: torch.device, channels_last: bool = False,
+          compile: bool = False, cluster: int = 1000, queue: int = 1024):
+    """A model as train.py builds it, its optimizer and bank, and one batch of clips on ``device``."""
     torch.manual_seed(0)
     model = MFOModel(backbone=arch, channel=128, cluster=cluster).to(device)
-    clips = torch.randn(batch, 3, 3, seq, img, img, device=device)  # [B,3,3,T,H,W]
+    if channels_last:
+        model.channels_last()
+    if compile:
+        model.backbone.compile()
     bank = PrototypeBank(size=queue, cluster=cluster, generator=torch.Generator().manual_seed(0)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)
-    flat = clips.flatten(0, 1)  # [3B,3,T,H,W]
+    clips = torch.randn(batch, 3, 3, seq, img, img, device=device)  # [B,3,3,T,H,W]
+    return model, optimizer, bank, clips
+
+
+def step_fn(model, optimizer, bank, clips, amp: bool):
+    return lambda: train.train_step(model, optimizer, bank, clips, use_graph=True, use_queue=True,
+                                    freeze_prototypes=False, objective=Objective(), amp=amp)
+
+
+def bench_step(arch: str, batch: int, seq: int, img: int, amp: bool, repeats: int, device: torch.device,
+               channels_last: bool = False, compile: bool = False) -> dict:
+    model, optimizer, bank, clips = setup(arch, batch, seq, img, device, channels_last, compile)
+    flat = clips.flatten(0, 1).contiguous(memory_format=model.memory_format)  # [3B,3,T,H,W]
 
     def backbone_only():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             maps = model.backbone(flat)
         sum(m.float().mean() for m in maps).backward()
 
-    def full_step():
-        train_step(model, optimizer, bank, clips, step=1, use_graph=True, use_queue=True,
-                   freeze_prototypes=False, objective=Objective(), amp=amp)
+    t = median_times({"backbone": backbone_only, "full": step_fn(model, optimizer, bank, clips, amp)}, repeats,
+                     device)
+    return {"backbone_s": t["backbone"], "full_s": t["full"], "ratio": t["full"] / t["backbone"],
+            "clips_per_s": 3 * batch / t["full"]}
 
-    t = median_times({"backbone": backbone_only, "full": full_step}, repeats, device)
-    t_backbone, t_full = t["backbone"], t["full"]
-    return {"backbone_s": t_backbone, "full_s": t_full, "ratio": t_full / t_backbone,
-            "clips_per_s": 3 * batch / t_full}
+
+def bench_loop(arch: str, batch: int, seq: int, img: int, amp: bool, steps: int, device: torch.device) -> dict:
+    """Seconds per step of ``steps`` bare steps back to back and of train.py's loop over as many batches."""
+    model, optimizer, bank, clips = setup(arch, batch, seq, img, device, channels_last=device.type == "cuda")
+    host = clips.cpu().pin_memory() if device.type == "cuda" else clips.cpu()  # what a loader hands over
+    replaced = torch.zeros(batch, dtype=torch.long)
+    step = step_fn(model, optimizer, bank, clips, amp)
+    for _ in range(3):  # warm-up
+        step()
+    synchronize(device)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    bare = (time.perf_counter() - tic) / steps
+
+    args = train.parse_args(["--csv_file", "synthetic.csv", "--train_batch", str(batch), "--seq", str(seq),
+                             "--img_dim", str(img), "--split", "0", "--queue_start", "0", "--save_every", "0"])
+    with tempfile.TemporaryDirectory() as out:
+        tracker = Tracker(out)
+        ctx = train.distributed.Context(0, 1, 0, device)
+        loop_seconds = []
+        for _ in range(2):  # the first pass warms the prefetcher's stream and the TensorBoard writer
+            state = train.RunState(epoch=1)
+            batches = prefetch(((host, replaced) for _ in range(steps)), device)
+            synchronize(device)
+            tic = time.perf_counter()
+            train.train_one_epoch(model, optimizer, bank, batches, state, steps=steps, args=args, ctx=ctx,
+                                  objective=Objective(), tracker=tracker, amp=amp, save=lambda: None, history=[])
+            synchronize(device)
+            loop_seconds.append((time.perf_counter() - tic) / steps)
+        tracker.close()
+    loop = loop_seconds[-1]
+    return {"bare_s": bare, "loop_s": loop, "ratio": bare / loop}
+
+
+def demo_run(how: str, out_dir: Path, workers: int) -> dict:
+    """``train.py --demo`` (2 epochs) in one process, under spawn or under torchrun: loop seconds per step of
+    epoch 1 and the monitor's seconds of each epoch, from its log.jsonl."""
+    flags = ["--demo", "--epoch", "2", "--split", "1", "--queue_start", "1", "--workers", str(workers),
+             "--keep_epochs", "0", "--out_dir", str(out_dir)]
+    if how == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py"]
+    else:
+        cmd = [sys.executable, "train.py"] + (["--multiprocessing-distributed"] if how == "spawn" else [])
+    done = subprocess.run(cmd + flags, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{how}: train.py failed:\n{done.stderr[-3000:]}")
+    lines = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines()]
+    epochs = [x for x in lines if x["epoch"] >= 0]
+    return {"step_s": epochs[1]["train_seconds"] / epochs[1]["steps"],
+            "monitor_s": [x["monitor_seconds"] for x in lines]}
+
+
+def bench_launch(repeats: int, workers: int) -> dict:
+    """Every launch ``repeats`` times, interleaved; medians."""
+    runs = {how: [] for how in ("process", "spawn", "torchrun")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            for how in runs:
+                runs[how].append(demo_run(how, Path(tmp) / f"{how}{r}", workers))
+    return {how: {"step_s": statistics.median(x["step_s"] for x in got),
+                  "monitor_s": statistics.median(s for x in got for s in x["monitor_s"])} for how, got in runs.items()}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="r3d18", choices=BACKBONES, help="backbone (default: r3d18)")
+    p.add_argument("--arch", default="r3d18", choices=sorted(BACKBONES), help="backbone (default: r3d18)")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default: 5)")
+    p.add_argument("--compile", action="store_true", help="also time the backbone compiled with torch.compile")
+    p.add_argument("--loop", action="store_true", help="train.py's loop against the bare step, instead of the step")
+    p.add_argument("--steps", type=int, default=30, help="steps of each --loop measurement (default: 30)")
+    p.add_argument("--launch", action="store_true",
+                   help="one process vs --multiprocessing-distributed vs torchrun on the demo, instead of the step")
+    p.add_argument("--workers", type=int, default=2, help="loader workers of the --launch runs (default: 2)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    configs = [dict(batch=8, seq=8, img=64, amp=False)]
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        configs += [dict(batch=64, seq=16, img=112, amp=False), dict(batch=64, seq=16, img=112, amp=True)]
+        torch.backends.cudnn.benchmark = True  # as train.py
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; arch {args.arch}; K=1000, C=128, bank 1024, graph on; median of {args.repeats}")
-    for cfg in configs:
-        r = bench(args.arch, repeats=args.repeats, device=device, **cfg)
-        print(f"batch {cfg['batch']:3d} seq {cfg['seq']:2d} img {cfg['img']:3d} amp {str(cfg['amp']):5s} | "
-              f"backbone fwd+bwd {r['backbone_s'] * 1e3:8.1f} ms | full step {r['full_s'] * 1e3:8.1f} ms | "
-              f"ratio {r['ratio']:.3f} | {r['clips_per_s']:.1f} clips/s")
+    print(f"device: {name}; torch {torch.__version__}; arch {args.arch}")
+
+    if args.launch:
+        got = bench_launch(args.repeats, args.workers)
+        print(f"train.py --demo --workers {args.workers}, medians of {args.repeats} runs each (interleaved)")
+        print(f"{'launch':>10s} | loop s/step | ratio | monitor s | ratio")
+        for how, r in got.items():
+            print(f"{how:>10s} | {r['step_s']:11.3f} | {r['step_s'] / got['process']['step_s']:5.2f} | "
+                  f"{r['monitor_s']:9.3f} | {r['monitor_s'] / got['process']['monitor_s']:5.2f}")
+        return
+
+    configs = [dict(TINY, amp=False)] if device.type == "cpu" else [dict(PAPER, amp=False), dict(PAPER, amp=True)]
+    if args.loop:
+        print(f"train.py's loop vs the bare step, {args.steps} steps each (K=1000, C=128, bank 1024, graph on)")
+        for cfg in configs:
+            r = bench_loop(args.arch, steps=args.steps, device=device, **cfg)
+            print(f"batch {cfg['batch']:3d} seq {cfg['seq']:2d} img {cfg['img']:3d} "
+                  f"{'bf16' if cfg['amp'] else 'fp32'} | bare step {r['bare_s'] * 1e3:8.1f} ms | "
+                  f"loop {r['loop_s'] * 1e3:8.1f} ms/step | bare/loop {r['ratio']:.3f}")
+        return
+
+    layouts = [("contiguous", False)] if device.type == "cpu" else [("channels_last", True), ("contiguous", False)]
+    variants = [(layout, cl, False) for layout, cl in layouts]
+    if args.compile:
+        variants.append(("channels_last+compile" if device.type == "cuda" else "compile", device.type == "cuda",
+                         True))
+    print(f"K=1000, C=128, bank 1024, graph on; median of {args.repeats}")
+    full = {}
+    for layout, channels_last, compile in variants:
+        for cfg in configs:
+            r = bench_step(args.arch, repeats=args.repeats, device=device, channels_last=channels_last,
+                           compile=compile, **cfg)
+            full[(layout, cfg["amp"])] = r["full_s"]
+            print(f"batch {cfg['batch']:3d} seq {cfg['seq']:2d} img {cfg['img']:3d} "
+                  f"{'bf16' if cfg['amp'] else 'fp32'} {layout:>21s} | backbone fwd+bwd {r['backbone_s'] * 1e3:8.1f} "
+                  f"ms | full step {r['full_s'] * 1e3:8.1f} ms | full/backbone {r['ratio']:.3f} | "
+                  f"{r['clips_per_s']:.1f} clips/s")
+    for layout, _, _ in variants:
+        if (layout, True) in full and (layout, False) in full:
+            print(f"{layout}: bf16 full step is {full[(layout, False)] / full[(layout, True)]:.2f}x float32's")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from engine import checkpoint
-from engine.checkpoint import (CheckpointError, link_checkpoint, load_checkpoint, resolve_resume, rng_state,
-                               save_checkpoint, set_rng_state, unwrap)
+from engine.checkpoint import (BackgroundWriter, CheckpointError, host_copy, link_checkpoint, load_checkpoint,
+                               resolve_resume, rng_state, save_checkpoint, set_rng_state, unwrap)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,3 +146,33 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
 def test_unwrap_returns_plain_modules_unchanged():
     layer = torch.nn.Linear(2, 2)
     assert unwrap(layer) is layer
+
+
+def test_background_writer_writes_in_order_and_raises_a_failed_write_later(tmp_path):
+    """Writes run one at a time in submission order; the error of one reaches the caller at the next
+    submit or wait, and a snapshot taken with host_copy does not follow later changes of the live tensor."""
+    live = torch.zeros(3)
+    snapshot = host_copy({"w": [live], "step": 1})
+    live += 5  # training goes on while the snapshot is written
+    order = []
+    writer = BackgroundWriter()
+
+    def slow_first():
+        time.sleep(0.2)
+        order.append("first")
+
+    writer.submit(slow_first)
+    writer.submit(lambda: (order.append("second"), save_checkpoint(snapshot, tmp_path / "a.pth")))
+    writer.wait()
+    assert order == ["first", "second"] and torch.equal(load_checkpoint(tmp_path / "a.pth")["w"][0], torch.zeros(3))
+
+    def fail():
+        raise OSError("disk full")
+
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    writer.wait()  # reported once
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()

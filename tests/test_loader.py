@@ -1,13 +1,17 @@
 """datasets.loader: malloc keeps freed blocks in the process (no page faults on reuse), loader setup."""
 
+import multiprocessing
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
 
-from datasets.loader import loader_kwargs, loader_worker_init
+from datasets.loader import loader_kwargs, loader_worker_init, worker_context
 
 # malloc, touch and free a 16 MiB block 20 times; print the minor page faults the loop took.
 _FAULTS = textwrap.dedent("""
@@ -45,5 +49,34 @@ def test_keep_freed_memory_reuses_freed_blocks():
 
 
 def test_loader_kwargs():
-    assert loader_kwargs(2) == {"worker_init_fn": loader_worker_init}
+    assert loader_kwargs(2) == {"worker_init_fn": loader_worker_init, "multiprocessing_context": worker_context()}
     assert loader_kwargs(0) == {}  # this process loads the data: tuned in place
+
+
+STATE = {"mark": "imported"}  # what a fresh interpreter sees; a trainer changes it before it builds a loader
+
+
+class _Mark(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return STATE["mark"]
+
+
+def _trainer(rank: int, out: str) -> None:
+    """A trainer as --multiprocessing-distributed starts it: the loader's workers must be copies of it."""
+    STATE["mark"] = "set in the trainer"
+    loader = DataLoader(_Mark(), batch_size=None, num_workers=1, **loader_kwargs(1))
+    method = (loader.multiprocessing_context or multiprocessing).get_start_method()
+    Path(out).write_text(f"{method} {list(loader)}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is only chosen on Linux")
+def test_workers_of_a_spawned_trainer_are_forked_not_spawned(tmp_path):
+    """Inside a process started by torch.multiprocessing.spawn the default start method is spawn: each
+    loader worker would be a fresh interpreter importing torch again (seconds, at every loader a run
+    builds). The workers must instead be forks of the trainer, which see its state."""
+    out = tmp_path / "seen.txt"
+    mp.spawn(_trainer, args=(str(out),), nprocs=1, join=True)
+    assert out.read_text() == "fork ['set in the trainer', 'set in the trainer']"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from engine.sampling import ResumableSampler, SeededSamples, sample_seed
+from engine.sampling import EpochStream, ResumableSampler, SeededSamples, sample_seed
 
 
 class Noisy(Dataset):
@@ -88,3 +88,37 @@ def test_a_skip_past_the_end_leaves_an_empty_epoch_never_a_negative_length():
     assert len(sampler) == 0 and list(sampler) == []
     with pytest.raises(ValueError, match="skip must be >= 0"):
         sampler.set_epoch(1, skip=-1)
+
+
+class Keys(Dataset):
+    """Item ``key`` is the key itself: what a loader's batches hold shows which samples it drew."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, key):
+        return key
+
+
+def test_epoch_stream_gives_the_batches_of_an_epoch_by_epoch_loader_with_drop_last():
+    """One loader over epochs 2..4 must give, batch by batch, what a fresh drop_last loader per epoch gives;
+    a resumed stream (epoch 3 after 2 batches) continues with exactly the batches that follow."""
+    data, batch = Keys(23), 3  # 2 ranks: 11 each, 3 whole batches an epoch, 2 samples dropped
+    for rank in range(2):
+        per_epoch = []
+        for epoch in range(2, 5):
+            sampler = ResumableSampler(data, 2, rank, seed=7)
+            sampler.set_epoch(epoch)
+            per_epoch += list(DataLoader(list(sampler), batch_size=batch, drop_last=True, collate_fn=list))
+        stream = EpochStream(data, batch_size=batch, num_replicas=2, rank=rank, seed=7)
+        stream.set_span(2, 5)
+        assert stream.steps_per_epoch == 3 and len(stream) == 27
+        assert list(DataLoader(data, batch_size=batch, sampler=stream, collate_fn=list, num_workers=2)) == per_epoch
+        stream.set_span(3, 5, skip=2 * batch)
+        assert len(stream) == 27 - 5 * batch
+        assert list(DataLoader(data, batch_size=batch, sampler=stream, collate_fn=list)) == per_epoch[5:]
+    with pytest.raises(ValueError, match="skip must be in"):
+        stream.set_span(0, 1, skip=10)

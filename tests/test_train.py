@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # 8 videos, 4 per batch: 2 steps per epoch; graph and whole-bank Sinkhorn from epoch 1. S3D: the backbone
 # with the smallest checkpoint (174 MB with Adam's state against r3d18's 396 MB) and the fastest on a CPU.
 TINY = ("--arch s3d --seq 8 --img_dim 32 --train_batch 4 --workers 0 --cluster 4 --queue_size 16 --channel 16 "
-        "--epoch 2 --split 1 --queue_start 1 --lr_decay 1 --save_every 0 --seed 3 --keep_epochs 0")
+        "--epoch 2 --split 1 --queue_start 1 --lr_decay 1 --save_every 0 --seed 3 --keep_epochs 0 --log_every 1")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,7 @@ def test_run_crosses_split_and_resumes_exactly(csv_file, full_run, tmp_path, mon
     assert len(got) == len(lines)
     for want, line in zip(lines, got):
         assert line.keys() == want.keys() and line.pop("objective") == want.pop("objective")
+        assert line.pop("train_seconds") > 0 and want.pop("train_seconds") > 0  # wall time: not reproducible
         assert line == pytest.approx(want, abs=1e-6)
     names = sorted(p.name for p in resumed.iterdir())  # --keep_epochs 2: epoch 1 only; no temporary file left
     assert names == [".lock", "epoch_0001.pth", "last.pth", "log.jsonl", "tensorboard"]
@@ -230,7 +231,7 @@ def test_amp_losses_are_within_1e3_of_float32_on_the_same_batch():
         else:  # the float32 run continues from the very maps of the autocast run
             net.backbone.register_forward_hook(lambda module, inputs, output: tuple(m.detach().float() for m in maps))
         bank = PrototypeBank(size=16, cluster=8, generator=torch.Generator().manual_seed(1))
-        loss, terms = train.train_step(net, torch.optim.Adam(net.parameters()), bank, clips, step=1, use_graph=True,
+        loss, terms = train.train_step(net, torch.optim.Adam(net.parameters()), bank, clips, use_graph=True,
                                        use_queue=True, freeze_prototypes=False, objective=train.Objective(), amp=amp)
         results.append(({"loss": loss.detach(), **terms}, bank.queue.clone()))
     assert {m.dtype for m in maps} == {torch.bfloat16}  # the backbone did run in bfloat16
@@ -337,11 +338,13 @@ def test_terms_switch_and_monitor_are_logged(csv_file, tmp_path):
     for record in history:  # the total is the instance term alone (weight 1), every other term still logged
         assert record["loss"] == pytest.approx(record["inst"], rel=1e-6)
         assert record["proto"] > 0 and "motion_mid" in record and "erank_pooled" in record
-    line = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    init, line = log_lines(out)  # the monitor at initialisation (step 0), then epoch 0
+    assert (init["epoch"], init["global_step"]) == (-1, 0) and 0.0 <= init["monitor_knn_top1"] <= 1.0
     assert line["objective"]["terms"] == ["inst"] and line["objective"]["tau"] == 0.1
     assert 0.0 <= line["monitor_knn_top1"] <= 1.0 and 1.0 <= line["monitor_erank"] <= 512
+    assert line["monitor_erank"] != init["monitor_erank"]  # two steps of training moved the features
     assert line["erank_high"] == pytest.approx(sum(r["erank_high"] for r in history) / 2)
-    assert set(tb_scalars(out, "monitor/knn_top1")) == {2}
+    assert tb_scalars(out, "monitor/erank") == pytest.approx({0: init["monitor_erank"], 2: line["monitor_erank"]})
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
@@ -369,3 +372,76 @@ def test_a_bad_monitor_csv_stops_before_any_output(csv_file, tmp_path):
     with pytest.raises(SystemExit, match=r"nope\.csv"):
         run(csv_file, out, f"--monitor_train_csv {tmp_path / 'nope.csv'} --monitor_test_csv {tmp_path / 'nope.csv'}")
     assert not (out / "tensorboard").exists() and not (out / "log.jsonl").exists()
+
+
+class Recorder(train.Tracker):
+    """A tracker that keeps what it would write to TensorBoard: ``{tag: {step: value}}``."""
+
+    def __init__(self):
+        super().__init__("unused", tensorboard=False)
+        self.logged: dict[str, dict[int, float]] = {}
+
+    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        for name, value in values.items():
+            self.logged.setdefault(prefix + name, {})[step] = float(value)
+
+
+def test_logged_step_times_add_up_to_the_loop_wall_time_and_values_are_read_per_interval():
+    """train_one_epoch over 6 batches that each take 0.1 s to arrive, read every 2 steps: the logged step
+    times of the intervals add up to the loop's wall time measured around it (within 5 %), the logged
+    data-wait fractions to the 0.6 s of waiting, TensorBoard holds each interval's means, and the batch
+    health is computed at the steps that end an interval only."""
+    import time
+
+    torch.manual_seed(0)
+    model = MFOModel("s3d", channel=16, cluster=4)
+    clips = torch.randn(6, 2, 3, 3, 8, 32, 32)
+
+    def slow_batches():
+        for x in clips:
+            time.sleep(0.1)
+            yield x, torch.zeros(2, dtype=torch.long)
+
+    args = train.parse_args(shlex.split("--csv_file unused.csv --arch s3d --seq 8 --img_dim 32 --train_batch 2 "
+                                        "--cluster 4 --channel 16 --queue_size 16 --log_every 2 --save_every 0"))
+    tracker, state, history = Recorder(), train.RunState(epoch=1), []
+    bank = PrototypeBank(size=16, cluster=4, generator=torch.Generator().manual_seed(0))
+    tic = time.perf_counter()
+    stopped = train.train_one_epoch(model, torch.optim.Adam(model.parameters()), bank, slow_batches(), state, steps=6,
+                                    args=args, ctx=train.distributed.Context(0, 1, 0, torch.device("cpu")),
+                                    objective=train.Objective(), tracker=tracker, amp=False, save=None,
+                                    history=history)
+    wall = time.perf_counter() - tic
+    assert not stopped and (state.step_in_epoch, state.global_step, len(history)) == (6, 6, 6)
+    step_s, wait = tracker.logged["speed/step_seconds"], tracker.logged["speed/data_wait_fraction"]
+    assert sorted(step_s) == [2, 4, 6]
+    logged = sum(2 * t for t in step_s.values())
+    assert abs(logged - wall) <= 0.05 * wall and state.seconds == pytest.approx(logged)
+    waited = sum(wait[step] * 2 * step_s[step] for step in step_s)
+    assert 0.6 <= waited <= 0.6 + 0.05 * wall
+    assert tracker.logged["speed/clips_per_s"][4] == pytest.approx(3 * 2 * 2 / (2 * step_s[4]))
+    for step in (2, 4, 6):
+        pair = history[step - 2:step]
+        assert tracker.logged["train/loss"][step] == pytest.approx((pair[0]["loss"] + pair[1]["loss"]) / 2)
+        assert tracker.logged["train/erank_pooled"][step] == pytest.approx(history[step - 1]["erank_pooled"])
+    assert ["erank_pooled" in r for r in history] == [False, True] * 3
+    assert state.counts["loss"] == 6 and state.counts["erank_pooled"] == 3
+    assert state.means()["erank_pooled"] == pytest.approx(sum(r["erank_pooled"] for r in history[1::2]) / 3)
+
+
+def test_compile_keeps_the_checkpoint_keys_and_a_failure_is_one_line(csv_file, tmp_path, monkeypatch):
+    """--compile compiles the backbone in place, so checkpoints keep the plain keys (no ``_orig_mod.``);
+    a backend that cannot build (here: one that reports a missing C++ compiler) ends in one line."""
+    model = MFOModel("s3d", 16, 4)
+    keys = list(model.state_dict())
+    model.backbone.compile()
+    assert list(model.state_dict()) == keys
+    real = torch.nn.Module.compile
+
+    def no_compiler(graph, inputs):
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real(self, backend=no_compiler))
+    err = run_error(csv_file, tmp_path / "broken", "--compile --max_steps 1")
+    assert err == ("error: --compile: torch.compile could not build the backbone here (RuntimeError: no working C++ "
+                   "compiler found); run without --compile"), err
