@@ -245,7 +245,7 @@ def pretrain_for_minutes(args: argparse.Namespace, flags: list[str], out_dir: Pa
             return out_dir / record["checkpoint"], record
     command = [sys.executable, str(TRAIN), *flags, "--overwrite"]
     out_dir.mkdir(parents=True, exist_ok=True)  # train.py may be stopped before it makes it
-    print(f"[ablation] {name}: pretraining for {args.minutes:g} minutes", flush=True)
+    print(f"[ablation] {name}: pretraining for {args.minutes:g} min", flush=True)
     tic = time.monotonic()
     deadline = tic + 60 * args.minutes
     process = subprocess.Popen(command, start_new_session=True)  # its own group: the loader workers end with it
@@ -265,6 +265,8 @@ def pretrain_for_minutes(args: argparse.Namespace, flags: list[str], out_dir: Pa
         if process.poll() is None:  # interrupted while waiting (Ctrl-C, an error): leave nothing running
             stop(process)
     seconds = time.monotonic() - tic
+    if stopped:  # the leading newline ends train.py's progress bar line
+        print(f"\n[ablation] {name}: {args.minutes:g} min spent, train.py stopped after {seconds:.0f} s", flush=True)
     for path in out_dir.iterdir():  # a write cut by the stop leaves its temporary file; nobody writes now
         if TEMPORARY.match(path.name):
             path.unlink()
@@ -370,7 +372,7 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {variant} ({terms}) | {len(rows)} | {steps_cell} | " + " | ".join(cells) + " |")
     example = next((r["train_flags"] for r in results if r["train_flags"]), [])
     videos = len(read_csv(Path(args.data) / "train.csv", require_labels=True))
-    budget = (f"Budget: {args.minutes:g} minutes of train.py a cell (start-up included), then the newest finished "
+    budget = (f"Budget: {args.minutes:g} min of train.py a cell (start-up included), then the newest finished "
               f"epoch is scored; at most {args.epoch} epochs." if args.minutes else f"Budget: {args.epoch} epochs.")
     lines += ["", f"Chance: {100 / len((Path(args.data) / 'classes.txt').read_text().split()):.1f} % top-1, 50 % order, "
               f"{100 / max(videos, 1):.1f} % same video (among {videos}).",

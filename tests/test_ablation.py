@@ -126,7 +126,7 @@ def test_a_time_budget_stops_pretraining_and_the_newest_epoch_is_scored(data, tm
     assert 0.0 <= result["probe_lr"] <= 1.0 and 0.0 <= result["knn_std"] <= 1.0
     table = (out / "ablation.md").read_text()
     assert f"| full (inst motion align proto graph) | 1 | {result['steps']} |" in table
-    assert "Budget: 0.4 minutes of train.py a cell" in table
+    assert "Budget: 0.4 min of train.py a cell" in table
 
     # a spent budget is not spent again: the cell is only scored, from the epoch budget.json names
     (out / "cells" / "full_s0" / "result.json").unlink()
