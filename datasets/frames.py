@@ -3,6 +3,7 @@
 ``frame_size``, ``iter_frames`` and ``read_frames`` also take a video file (a path with a video
 extension, see ``datasets.index.is_video_file``) and hand it to ``datasets.videos``, which gives
 the same frames (index i = ``image_{i+1:05d}.jpg`` of its extraction), always at full size.
+PyAV is imported only then: frame folders are read without it.
 
 Full-size JPEGs go through torchvision's decoder (libjpeg-turbo, like PIL, but it writes RGB
 straight into a tensor: about 10-20% less time per frame than PIL's open + decode + copy);
@@ -25,7 +26,6 @@ try:  # torchvision's JPEG decoder (its Python wrapper, deprecated since torchvi
 except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - a torchvision without it
     _decode_jpeg = None  # PIL decodes everything
 
-from datasets import videos
 from datasets.index import FrameDecodeError, frame_name, is_video_file
 
 # A crop box as fractions of the frame: (left, top, right, bottom), each in [0, 1].
@@ -36,6 +36,8 @@ def frame_size(folder, index: int = 0) -> tuple[int, int]:
     """(width, height) of a frame, read from its header without decoding the pixels (of a video
     file: its stream's frame size)."""
     if is_video_file(folder):
+        from datasets import videos  # PyAV: loaded only when a video file is read
+
         return videos.frame_size(folder)
     path = Path(folder) / frame_name(index)
     try:
@@ -110,6 +112,8 @@ def iter_frames(folder, indices: Sequence[int], need: tuple[int, int] | None = N
     """
     folder = Path(folder)
     if is_video_file(folder):
+        from datasets import videos  # PyAV: loaded only when a video file is read
+
         yield from videos.iter_frames(folder, indices, need)
         return
     if need is not None and _jpeg_scale(frame_size(folder, indices[0]), need) == 1:

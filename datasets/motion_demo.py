@@ -26,13 +26,16 @@ Layout written by :func:`make_motion_data` (paths in the CSVs relative to ``out_
     out_dir/classes.txt   class names in label order
 
 Deterministic given the seed: every video is drawn from its own generator seeded by
-``(seed, split, index)``, so a video does not depend on how many others are written. (The
+``(seed, split, index)``, so a video does not depend on how many others are written, nor on how
+many processes write them (``workers``: the same bytes for any number). (The
 ``shared_appearance`` control draws every video's appearance from one more generator, seeded by
 ``(seed, 2**21)``, and marks its folder with a file ``SHARED_APPEARANCE``.)
 """
 from __future__ import annotations
 
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -176,14 +179,27 @@ def _labels(count: int, classes: int, split: str, seed: int) -> list[int]:
     return [labels[i] for i in order]
 
 
+def _write_video(task: tuple) -> None:
+    """Draw, render and write one video's frames (a task of :func:`make_motion_data`, run in any process)."""
+    folder, seed, split, index, label, size, frames, classes, quality, shared_appearance = task
+    look = np.random.default_rng([seed, 1 << 21]) if shared_appearance else None
+    video = draw_video(video_seed(seed, split, index), label, size=size, frames=frames, classes=classes, look=look)
+    folder.mkdir(parents=True)
+    for t, image in enumerate(render(video)):
+        Image.fromarray(image).save(folder / frame_name(t), quality=quality)
+
+
 def make_motion_data(out_dir, *, seed: int = 0, size: int = 48, frames: int = 40, n_pretrain: int = 320,
                      n_train: int = 240, n_test: int = 80, classes: int = 8, quality: int = 90,
-                     shared_appearance: bool = False) -> Path:
+                     shared_appearance: bool = False, workers: int = 1) -> Path:
     """Write the motion benchmark to ``out_dir`` (layout in the module docstring); return its path.
 
     Pretraining videos have labels too (balanced), but they are not written to ``pretrain.csv``.
     ``shared_appearance``: every video has the same background and shapes (a control, not the
     benchmark: appearance then cannot tell one video from another, only positions and motion can).
+    ``workers``: processes that draw and write the videos (1: this process alone); each video is
+    seeded on its own, so the files are the same bytes for any number of workers. The processes are
+    started fresh (``spawn``), not forked, so a caller's threads (torch's, say) are not copied.
     Built in a temporary folder renamed at the end; nothing is done if ``out_dir`` exists.
     """
     out_dir = Path(out_dir)
@@ -193,20 +209,25 @@ def make_motion_data(out_dir, *, seed: int = 0, size: int = 48, frames: int = 40
     if size < 8 or frames < 2 or min(n_pretrain, n_train, n_test) < 0 or n_train + n_test + n_pretrain == 0:
         raise ValueError(f"size={size}, frames={frames}, n_pretrain/train/test={n_pretrain}/{n_train}/{n_test}: "
                          "need size >= 8, frames >= 2 and non-negative counts, not all zero")
+    if workers < 1:
+        raise ValueError(f"workers={workers}: need at least 1 process")
     names = class_names(classes)
     with atomic_dir(out_dir) as tmp:
         records: dict[str, list[VideoRecord]] = {}
+        tasks = []
         for split, count in zip(SPLITS, (n_pretrain, n_train, n_test)):
             records[split] = []
             for index, label in enumerate(_labels(count, classes, split, seed)):
-                look = np.random.default_rng([seed, 1 << 21]) if shared_appearance else None
-                video = draw_video(video_seed(seed, split, index), label, size=size, frames=frames,
-                                   classes=classes, look=look)
                 folder = tmp / "frames" / split / names[label] / f"{split}_{index:05d}"
-                folder.mkdir(parents=True)
-                for t, image in enumerate(render(video)):
-                    Image.fromarray(image).save(folder / frame_name(t), quality=quality)
+                tasks.append((folder, seed, split, index, label, size, frames, classes, quality, shared_appearance))
                 records[split].append(VideoRecord(folder, frames, label))
+        if workers == 1:
+            for task in tasks:
+                _write_video(task)
+        else:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                # chunks of a few videos: little overhead, and the last ones still spread over the processes
+                list(pool.map(_write_video, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
         write_csv(tmp / "pretrain.csv", [VideoRecord(r.path, r.frames) for r in records["pretrain"]],
                   relative_to=tmp)
         write_csv(tmp / "train.csv", records["train"], relative_to=tmp)

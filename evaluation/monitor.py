@@ -8,9 +8,16 @@
   over the sphere);
 - :func:`knn_top1`: the weighted kNN classifier of DINO's evaluation (cosine similarity, the ``k``
   nearest train features vote with weight ``exp(sim / temperature)``);
+- :func:`standardize`, :func:`fit_logistic_regression`, :func:`linear_probe_top1`: the usual linear
+  probe on cached features (each dimension standardised with the train set's mean and standard
+  deviation, then a multinomial logistic regression with a fixed L2 penalty, fitted by L-BFGS from
+  zero). Cosine kNN reads a representation spread over few directions poorly: a class difference
+  along a direction of small variance is drowned by the large ones. The probe weighs every direction
+  by what it tells, so it reads such a representation well;
 - :class:`KnnMonitor`: pooled backbone features of one centred clip per video of a labelled train
   and test CSV, extracted without gradient in eval mode (every rank extracts its share under
-  ``torch.distributed``; the features are gathered), then kNN top-1 and the collapse statistics;
+  ``torch.distributed``; the features are gathered), then kNN top-1 (raw and standardised features),
+  the linear probe and the collapse statistics;
 - :func:`video_identity`: can the features find a video again from a later, disjoint clip of it
   (:func:`same_video_top1`)? With ``static=True`` the clips are frozen frames, so only appearance
   can do it: a diagnostic of whether an instance-level objective has an appearance shortcut.
@@ -72,6 +79,63 @@ def knn_top1(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Ten
     return right / len(test_n)
 
 
+def standardize(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
+    """``train [N, D]`` and ``test [Q, D]`` in float64, every dimension minus the mean of ``train`` and divided by
+    the standard deviation of ``train`` (over its ``N`` rows, population: divided by ``N``).
+
+    A dimension constant over ``train`` (its standard deviation at most ``1e-12`` times its largest absolute
+    value, e.g. a dead ReLU channel) is only centred: it is 0 on ``train``, never inf or NaN.
+    """
+    if len(train) == 0:
+        raise ValueError("standardize needs at least one train row")
+    train, test = train.detach().double(), test.detach().double()
+    mean = train.mean(0)  # [D]
+    std = train.std(0, correction=0)  # [D]
+    std = torch.where(std > 1e-12 * train.abs().amax(0), std, torch.ones_like(std))
+    return (train - mean) / std, (test - mean) / std
+
+
+def fit_logistic_regression(x: Tensor, labels: Tensor, classes: int, *, iters: int = 100,
+                            l2: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression of ``labels [N]`` (in ``0 .. classes-1``) on ``x [N, D]``: ``(W [K, D], b [K])``.
+
+    Minimises ``mean_i cross_entropy(W x_i + b, y_i) + l2 / 2 * ||W||^2`` (the bias is not penalised; with
+    ``l2 > 0`` the minimum is unique) by ``torch.optim.LBFGS`` (strong-Wolfe line search, at most ``iters``
+    iterations) from ``W = 0, b = 0``, in float64 on the CPU: the same inputs give the same result.
+    ``l2 = 1e-3`` is scikit-learn's default penalty (``C = 1``) for 1,000 samples written in this form.
+    """
+    if len(x) == 0:
+        raise ValueError("logistic regression needs at least one row")
+    x, y = x.detach().double().cpu(), labels.detach().long().cpu()  # [N,D], [N]
+    weight = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)  # [K,D]
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)  # [K]
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=iters, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():  # the monitor may be called under no_grad
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def linear_probe_top1(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, *, iters: int = 100,
+                      l2: float = 1e-3) -> float:
+    """Top-1 accuracy on ``test [Q, D]`` of :func:`fit_logistic_regression` (``iters``, ``l2``) fitted on
+    ``train [N, D]``, both :func:`standardize`-d with the train statistics; classes: the largest label + 1."""
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"a linear probe needs train and test features, got {len(train)} and {len(test)}")
+    train, test = standardize(train, test)
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    weight, bias = fit_logistic_regression(train, train_labels, classes, iters=iters, l2=l2)
+    predicted = (test @ weight.T + bias).argmax(1)  # [Q]
+    return (predicted == test_labels.cpu()).double().mean().item()
+
+
 @torch.no_grad()
 def pooled_features(backbone: nn.Module, loader: DataLoader, device: torch.device,
                     levels: tuple[str, ...] = ("high",)) -> tuple[dict[str, Tensor], Tensor]:
@@ -126,17 +190,19 @@ def video_identity(backbone: nn.Module, csv_file, *, seq: int, img_dim: int, bat
 
 
 class KnnMonitor:
-    """kNN top-1 and collapse statistics of a backbone on labelled ``train_csv`` / ``test_csv`` videos.
+    """kNN top-1, linear-probe top-1 and collapse statistics of a backbone on labelled ``train_csv`` / ``test_csv`` videos.
 
     One centred clip per video (``datasets.CentreClipDataset``: ``seq`` frames, ``img_dim`` pixels),
     ``batch_size`` clips per forward pass, ``workers`` loader processes. Call it on every rank: each
-    extracts its share (videos ``rank::world_size``) and all features are gathered; every rank gets
-    the same result. The scores are of the pooled last map (``high``); each other level named in
-    ``levels`` adds its kNN top-1 as ``knn_top1_<level>`` (where in the backbone the classes are told).
+    extracts its share (videos ``rank::world_size``) and all features are gathered; rank 0 scores them
+    and every rank gets its result. The scores are of the pooled last map (``high``); each other level
+    named in ``levels`` adds its kNN top-1 as ``knn_top1_<level>`` (where in the backbone the classes are
+    told). The probe is :func:`linear_probe_top1` with ``probe_iters`` and ``probe_l2``.
     """
 
     def __init__(self, train_csv: str, test_csv: str, *, seq: int, img_dim: int, batch_size: int, workers: int,
-                 k: int = 20, temperature: float = 0.07, levels: tuple[str, ...] = ()):
+                 k: int = 20, temperature: float = 0.07, levels: tuple[str, ...] = (), probe_iters: int = 100,
+                 probe_l2: float = 1e-3):
         from datasets import CentreClipDataset
 
         self.sets = {name: CentreClipDataset(csv_file, seq=seq, img_dim=img_dim)
@@ -146,6 +212,7 @@ class KnnMonitor:
             raise ValueError(f"levels {sorted(unknown)}: choose from {LEVELS}")
         self.levels = ("high", *(level for level in levels if level != "high"))
         self.batch_size, self.workers, self.k, self.temperature = batch_size, workers, k, temperature
+        self.probe_iters, self.probe_l2 = probe_iters, probe_l2
 
     def _features(self, dataset, backbone: nn.Module, device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
         rank, world = distributed.get_rank(), distributed.get_world_size()
@@ -158,11 +225,34 @@ class KnnMonitor:
         return ({level: torch.cat([f[level] for _, f, y in parts if len(y)])[order] for level in self.levels},
                 torch.cat([y for _, _, y in parts])[order])
 
-    def __call__(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
-        """``{'knn_top1', 'erank', 'std', 'width', 'rows', 'seconds'}`` (plus ``knn_top1_<level>`` for the
-        other ``levels``); the backbone is left in the mode it was in.
+    def _scores(self, train: dict[str, Tensor], train_labels: Tensor, test: dict[str, Tensor],
+                test_labels: Tensor) -> dict[str, float]:
+        knn = {level: knn_top1(train[level], train_labels, test[level], test_labels, k=self.k,
+                               temperature=self.temperature) for level in self.levels}
+        train_std, test_std = standardize(train["high"], test["high"])
+        knn_std = knn_top1(train_std, train_labels, test_std, test_labels, k=self.k, temperature=self.temperature)
+        tic = time.perf_counter()
+        probe = linear_probe_top1(train["high"], train_labels, test["high"], test_labels, iters=self.probe_iters,
+                                  l2=self.probe_l2)
+        probe_seconds = time.perf_counter() - tic
+        stats = embedding_stats(torch.cat([train["high"], test["high"]]))
+        return {"knn_top1": knn["high"], "knn_top1_std": knn_std, "probe_top1": probe, "erank": stats["erank"],
+                "std": stats["std"], "width": train["high"].shape[1], "rows": len(train_labels) + len(test_labels),
+                "probe_seconds": probe_seconds, **{f"knn_top1_{level}": knn[level] for level in self.levels
+                                                   if level != "high"}}
 
-        ``rows`` is the number of videos of both sets: with ``width`` it bounds the effective rank."""
+    def __call__(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
+        """The backbone's scores; the backbone is left in the mode it was in. Keys:
+
+        - ``knn_top1``: :func:`knn_top1` (cosine, ``k``, ``temperature``) of the pooled features;
+        - ``knn_top1_std``: the same on the features :func:`standardize`-d with the train set's statistics;
+        - ``probe_top1``: :func:`linear_probe_top1` (standardised features, logistic regression);
+        - ``erank``, ``std``: :func:`embedding_stats` of the pooled features of both sets;
+        - ``width``, ``rows``: feature width and the number of videos of both sets (together they bound
+          the effective rank);
+        - ``seconds``: the whole call; ``probe_seconds``: the probe's fit and test alone;
+        - ``knn_top1_<level>`` for the other ``levels``.
+        """
         tic = time.perf_counter()
         was_training = backbone.training
         backbone.eval()
@@ -171,12 +261,10 @@ class KnnMonitor:
             test, test_labels = self._features(self.sets["test"], backbone, device)
         finally:
             backbone.train(was_training)
-        knn = {level: knn_top1(train[level], train_labels, test[level], test_labels, k=self.k,
-                               temperature=self.temperature) for level in self.levels}
-        stats = embedding_stats(torch.cat([train["high"], test["high"]]))
-        return {"knn_top1": knn["high"], "erank": stats["erank"], "std": stats["std"], "width": train["high"].shape[1],
-                "rows": len(train_labels) + len(test_labels), "seconds": time.perf_counter() - tic,
-                **{f"knn_top1_{level}": knn[level] for level in self.levels if level != "high"}}
+        # rank 0 scores the gathered features (the probe once, not on every rank); the others take its result
+        scores = self._scores(train, train_labels, test, test_labels) if distributed.is_main_process() else None
+        scores = distributed.all_gather_object(scores)[0]
+        return {**scores, "seconds": time.perf_counter() - tic}
 
 
 def batch_health(out: dict[str, Tensor]) -> dict[str, float]:

@@ -1,13 +1,21 @@
 """Which MFO terms make the representation better? A CPU-scale ablation on the motion benchmark.
 
     python scripts/ablation.py --out runs/ablation [--seeds 3] [--epoch 15] [--variants random inst full]
+    python scripts/ablation.py --out runs/gpu --data DATA --img_dim 112 --train_batch 64 --minutes 2.5 --epoch 100
 
 For each variant and seed (a "cell"), pretrains r3d18 on the benchmark's unlabelled videos with
 ``train.py`` for a fixed budget (the same flags for every variant but ``--terms``), then scores the
-backbone on the labelled train/test videos:
+backbone on the labelled train/test videos. The budget is ``--epoch`` epochs, or with ``--minutes M``
+M minutes of wall clock a cell: train.py then runs as a subprocess writing an epoch file after every
+epoch, is stopped (SIGTERM, then SIGKILL after 30 s) when the time is spent, and the newest finished
+epoch is scored; the steps it had done are recorded (``steps``). Metrics:
 
-- ``probe``: the linear probe on cached pooled features (``eval_linear.py --features``), top-1;
+- ``probe``: the linear probe on cached pooled features (``eval_linear.py --features``: SGD on
+  L2-normalised, batch-normalised features), top-1;
+- ``probe_lr``: the standardised logistic-regression probe of the monitor
+  (``evaluation.monitor.linear_probe_top1``) on one centred clip per video, top-1;
 - ``knn``: the weighted kNN classifier on one centred clip per video (``evaluation.monitor``), top-1;
+- ``knn_std``: the same kNN on features standardised with the train videos' statistics;
 - ``order``: the temporal-order accuracy of ``visualization/temporal_cam.py``'s order head;
 - ``erank``: the effective rank of the pooled features (collapse shows as a handful);
 - ``knn_mid``, ``knn_low``: the kNN classifier on the pooled layer3 and layer2 maps instead of
@@ -21,22 +29,31 @@ backbone on the labelled train/test videos:
 Variants: ``random`` (no pretraining: the baseline), ``inst``, ``inst_motion``,
 ``inst_motion_align``, ``inst_motion_align_proto``, ``full`` (all terms, graph from ``--split``).
 
+Scoring runs on CUDA when there is a GPU; the monitor's and the same-video forwards take
+``--train_batch`` clips at a time (the probe's SGD batch, 64, and the order head's, 16, are fixed).
+
 Writes ``OUT/ablation.md`` (mean ± std over seeds per variant and metric, with the exact flags)
 and ``OUT/ablation.png`` (grouped bars). Every cell's scores go to ``OUT/cells/<variant>_s<seed>/result.json``;
-a finished cell is never recomputed and an interrupted pretraining resumes (``--resume auto``), so
-the command can be re-run until the grid is complete. Cells run seed by seed (every variant's seed 0
+a finished cell is never recomputed and an interrupted pretraining resumes (``--resume auto``; with
+``--minutes`` it starts again, as a time budget cannot be resumed, unless its budget was spent:
+``pretrain/budget.json`` then names the epoch to score), so the command can be re-run until the grid
+is complete. Cells run seed by seed (every variant's seed 0
 first), and the table and plot are rewritten after each cell, so a grid stopped early still
 compares every variant. Checkpoints are removed once a cell is scored
 (``--keep_checkpoints`` keeps them; a cell scored before a metric was added gets it on the next run
-while its checkpoint is there, and shows "–" otherwise).
+while its backbone can be rebuilt: random init, or a kept checkpoint; it shows "–" otherwise).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shlex
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +69,7 @@ from datasets import read_csv
 from datasets.motion_demo import make_motion_data
 from engine.checkpoint import load_backbone
 from engine.files import atomic_write
+from engine.rundir import TEMPORARY
 from evaluation.monitor import KnnMonitor, video_identity
 from evaluation.report import write_json
 from models import build_backbone
@@ -65,8 +83,16 @@ VARIANTS = {
     "inst_motion_align_proto": ["inst", "motion", "align", "proto"],
     "full": ["inst", "motion", "align", "proto", "graph"],
 }
-METRICS = ("probe", "knn", "order", "erank", "knn_mid", "knn_low", "vid", "vid_static")
+METRICS = ("probe", "probe_lr", "knn", "knn_std", "order", "erank", "knn_mid", "knn_low", "vid", "vid_static")
+MONITOR_METRICS = ("probe_lr", "knn", "knn_std", "erank", "knn_mid", "knn_low")  # from one KnnMonitor call
+IDENTITY_METRICS = ("vid", "vid_static")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
+STOP_GRACE_S = 30  # seconds train.py gets to end after SIGTERM before SIGKILL
+
+
+class AblationError(RuntimeError):
+    """A grid that cannot go on (a pretraining that failed or finished no epoch): one line for the user."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,8 +105,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"variants to run, of: {' '.join(VARIANTS)} (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant: 0 .. N-1 (default: 3)")
     g = p.add_argument_group("pretraining budget (the same for every variant)")
-    g.add_argument("--epoch", type=int, default=15, help="pretraining epochs (default: 15)")
-    g.add_argument("--train_batch", type=int, default=16, help="videos per batch (default: 16)")
+    g.add_argument("--epoch", type=int, default=15,
+                   help="pretraining epochs; with --minutes the most it may run, and the lr decay epoch (default: 15)")
+    g.add_argument("--minutes", type=float, default=0.0,
+                   help="pretraining time budget of a cell in minutes of wall clock, train.py's start-up included: "
+                        "pretrain until it is spent (or --epoch epochs are done), then score the newest finished "
+                        "epoch (default: 0, no budget: --epoch epochs)")
+    g.add_argument("--train_batch", type=int, default=16,
+                   help="videos per pretraining batch, and clips per forward pass of the monitor and same-video "
+                        "scores (default: 16)")
     g.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
     g.add_argument("--img_dim", type=int, default=32, help="crop size (default: 32)")
     g.add_argument("--cluster", type=int, default=32, help="prototypes (default: 32)")
@@ -96,8 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--workers", type=int, default=0, help="data-loading processes (default: 0)")
     g.add_argument("--keep_checkpoints", action="store_true", help="keep each cell's pretraining checkpoints")
     args = p.parse_args(argv)
-    if args.seeds < 1 or args.epoch < 1:
-        p.error("--seeds and --epoch must be at least 1")
+    if args.seeds < 1 or args.epoch < 1 or args.train_batch < 1:
+        p.error("--seeds, --epoch and --train_batch must be at least 1")
+    if not args.minutes >= 0 or math.isinf(args.minutes):
+        p.error(f"--minutes {args.minutes}: must be a finite number of minutes, 0 or more")
     return args
 
 
@@ -108,7 +143,8 @@ def pretrain_flags(args: argparse.Namespace, terms: list[str], seed: int, out_di
         "--terms", *terms, "--seq", str(args.seq), "--img_dim", str(args.img_dim),
         "--train_batch", str(args.train_batch), "--cluster", str(args.cluster), "--epoch", str(args.epoch),
         "--split", str(args.split), "--queue_start", str(args.queue_start), "--lr_decay", str(args.epoch),
-        "--lr", str(args.lr), "--queue_size", str(args.queue_size), "--save_every", "0", "--keep_epochs", "0",
+        "--lr", str(args.lr), "--queue_size", str(args.queue_size), "--save_every", "0",
+        "--keep_epochs", "1" if args.minutes else "0",
         "--workers", str(args.workers),
         *shlex.split(args.train_args),
     ]
@@ -130,11 +166,17 @@ def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, ce
     order = temporal_cam.main([*shared_flags(args, ckpt, seed, data, cell / "order"), "--epochs",
                                str(args.order_epochs), "--batch_size", "16", "--num_videos", "0"])
     backbone = load(ckpt, seed)
+    return {"probe": probe["top1"], "order": order["order_accuracy"], **monitor_scores(args, backbone, data),
+            **identity(args, backbone, data)}
+
+
+def monitor_scores(args: argparse.Namespace, backbone: torch.nn.Module, data: Path) -> dict[str, float]:
+    """The metrics of ``MONITOR_METRICS`` from one :class:`KnnMonitor` call on the labelled videos."""
     monitor = KnnMonitor(str(data / "train.csv"), str(data / "test.csv"), seq=args.seq, img_dim=args.img_dim,
-                         batch_size=32, workers=args.workers, levels=("low", "mid"))
+                         batch_size=args.train_batch, workers=args.workers, levels=("low", "mid"))
     seen = monitor(backbone, DEVICE)
-    return {"probe": probe["top1"], "knn": seen["knn_top1"], "order": order["order_accuracy"], "erank": seen["erank"],
-            "knn_mid": seen["knn_top1_mid"], "knn_low": seen["knn_top1_low"], **identity(args, backbone, data)}
+    return {"probe_lr": seen["probe_top1"], "knn": seen["knn_top1"], "knn_std": seen["knn_top1_std"],
+            "erank": seen["erank"], "knn_mid": seen["knn_top1_mid"], "knn_low": seen["knn_top1_low"]}
 
 
 def load(ckpt: Path | None, seed: int) -> torch.nn.Module:
@@ -150,13 +192,105 @@ def load(ckpt: Path | None, seed: int) -> torch.nn.Module:
 def identity(args: argparse.Namespace, backbone: torch.nn.Module, data: Path) -> dict[str, float]:
     """``vid`` and ``vid_static`` (see the module docstring) on the labelled train videos; none when
     the videos are too short for two disjoint clips."""
-    common = dict(seq=args.seq, img_dim=args.img_dim, batch_size=32, workers=args.workers, device=DEVICE)
+    common = dict(seq=args.seq, img_dim=args.img_dim, batch_size=args.train_batch, workers=args.workers,
+                  device=DEVICE)
     try:
         return {"vid": video_identity(backbone, data / "train.csv", **common),
                 "vid_static": video_identity(backbone, data / "train.csv", static=True, **common)}
     except ValueError as error:
         print(f"[ablation] no same-video scores: {error}", flush=True)
         return {}
+
+
+def epoch_files(folder: Path) -> list[Path]:
+    """The complete ``epoch_NNNN.pth`` of ``folder``, oldest first (temporary files of a write are hidden:
+    ``.epoch_NNNN.pth.<random>.tmp``)."""
+    return sorted(folder.glob("epoch_[0-9]*.pth"))
+
+
+def keep_newest_epoch(folder: Path) -> Path | None:
+    """Delete every epoch file of ``folder`` but the newest, which is returned (None if there is none)."""
+    files = epoch_files(folder)
+    for path in files[:-1]:
+        path.unlink(missing_ok=True)
+    return files[-1] if files else None
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End ``process`` and its children (its own session): SIGTERM, then SIGKILL after ``STOP_GRACE_S``."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:  # already gone
+            pass
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def pretrain_for_minutes(args: argparse.Namespace, flags: list[str], out_dir: Path, name: str) -> tuple[Path, dict]:
+    """Run ``train.py flags`` in a subprocess for at most ``args.minutes``; return the newest finished epoch file
+    and ``budget.json``'s record (``checkpoint``, ``steps``, ``epochs``, ``seconds``, ``stopped_by_budget``).
+
+    A spent budget is recorded in ``out_dir/budget.json`` and reused on a re-run; an unfinished one (the
+    ablation was interrupted) starts again (``--overwrite``). Older epoch files are deleted as newer ones
+    appear. Raises :class:`AblationError` if train.py fails or finishes no epoch in the budget.
+    """
+    record_file = out_dir / "budget.json"
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if (out_dir / record["checkpoint"]).is_file():
+            return out_dir / record["checkpoint"], record
+    command = [sys.executable, str(TRAIN), *flags, "--overwrite"]
+    out_dir.mkdir(parents=True, exist_ok=True)  # train.py may be stopped before it makes it
+    print(f"[ablation] {name}: pretraining for {args.minutes:g} min", flush=True)
+    tic = time.monotonic()
+    deadline = tic + 60 * args.minutes
+    process = subprocess.Popen(command, start_new_session=True)  # its own group: the loader workers end with it
+    stopped = False
+    try:
+        while True:
+            try:
+                process.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                keep_newest_epoch(out_dir)  # an epoch file is never half-written: older ones can go
+                if time.monotonic() >= deadline:
+                    stopped = True
+                    stop(process)
+                    break
+    finally:
+        if process.poll() is None:  # interrupted while waiting (Ctrl-C, an error): leave nothing running
+            stop(process)
+    seconds = time.monotonic() - tic
+    if stopped:  # the leading newline ends train.py's progress bar line
+        print(f"\n[ablation] {name}: {args.minutes:g} min spent, train.py stopped after {seconds:.0f} s", flush=True)
+    for path in out_dir.iterdir():  # a write cut by the stop leaves its temporary file; nobody writes now
+        if TEMPORARY.match(path.name):
+            path.unlink()
+    if not stopped and process.returncode != 0:
+        raise AblationError(f"{name}: train.py failed (exit status {process.returncode}; its output is above): "
+                            f"{shlex.join(command)}")
+    ckpt = keep_newest_epoch(out_dir)
+    if ckpt is None:
+        raise AblationError(f"{name}: no pretraining epoch finished within --minutes {args.minutes:g} "
+                            f"({seconds:.0f} s of train.py, start-up included): give more minutes, or a "
+                            "benchmark with fewer videos per epoch")
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    record = {"checkpoint": ckpt.name, "steps": state["global_step"], "epochs": state["epoch"],
+              "seconds": seconds, "stopped_by_budget": stopped}
+    write_json(record, record_file)
+    return ckpt, record
+
+
+def cell_checkpoint(cell: Path) -> Path:
+    """Where a pretrained cell's backbone is: the epoch file a time budget chose, else ``last.pth``."""
+    record_file = cell / "pretrain" / "budget.json"
+    if record_file.is_file():
+        return cell / "pretrain" / json.loads(record_file.read_text())["checkpoint"]
+    return cell / "pretrain" / "last.pth"
 
 
 def run_cell(args: argparse.Namespace, variant: str, seed: int, data: Path) -> dict:
@@ -166,21 +300,35 @@ def run_cell(args: argparse.Namespace, variant: str, seed: int, data: Path) -> d
     terms = VARIANTS[variant]
     if result_file.is_file():
         result = json.loads(result_file.read_text())
-        ckpt = None if terms is None else cell / "pretrain" / "last.pth"
-        if {"vid", "vid_static"} - set(result) and (ckpt is None or ckpt.is_file()):  # scored before they existed
-            result.update(identity(args, load(ckpt, seed), data))
+        ckpt = None if terms is None else cell_checkpoint(cell)
+        missing = set(MONITOR_METRICS + IDENTITY_METRICS) - set(result)
+        if missing and (ckpt is None or ckpt.is_file()):  # scored before these metrics existed
+            backbone = load(ckpt, seed)
+            found = {}
+            if missing & set(MONITOR_METRICS):
+                found.update(monitor_scores(args, backbone, data))
+            if missing & set(IDENTITY_METRICS):
+                found.update(identity(args, backbone, data))
+            result.update({k: v for k, v in found.items() if k not in result})
             write_json(result, result_file)
         return result
     tic = time.perf_counter()
-    ckpt, flags = None, []
+    ckpt, flags, budget = None, [], {}
     if terms is not None:
         flags = pretrain_flags(args, terms, seed, cell / "pretrain", data)
-        ckpt = cell / "pretrain" / "last.pth"
-        state = torch.load(ckpt, weights_only=True, map_location="cpu") if ckpt.is_file() else None
-        if state is None or state["epoch"] < args.epoch:  # not finished: start or continue
-            train.main([*flags, "--resume", "auto"])
-    pretrain_seconds = time.perf_counter() - tic
+        if args.minutes:
+            ckpt, budget = pretrain_for_minutes(args, flags, cell / "pretrain", f"cell {variant}_s{seed}")
+        else:
+            ckpt = cell / "pretrain" / "last.pth"
+            state = torch.load(ckpt, weights_only=True, map_location="cpu") if ckpt.is_file() else None
+            if state is None or state["epoch"] < args.epoch:  # not finished: start or continue
+                train.main([*flags, "--resume", "auto"])
+    pretrain_seconds = budget.get("seconds", time.perf_counter() - tic)
+    steps = budget.get("steps", 0 if ckpt is None else torch.load(ckpt, weights_only=True,
+                                                                  map_location="cpu")["global_step"])
     result = {"variant": variant, "seed": seed, "train_flags": flags, "pretrain_seconds": pretrain_seconds,
+              "steps": steps, **({"minutes": args.minutes, "stopped_by_budget": budget["stopped_by_budget"]}
+                                 if budget else {}),
               **score(args, ckpt, seed, data, cell)}
     write_json(result, result_file)
     if ckpt is not None and not args.keep_checkpoints:
@@ -195,13 +343,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+NAMES = {"probe": "linear probe top-1 (%)", "probe_lr": "standardised logistic-regression probe top-1 (%)",
+         "knn": "kNN top-1 (%)", "knn_std": "kNN on standardised features (%)", "order": "order accuracy (%)",
+         "erank": "effective rank", "knn_mid": "kNN on layer3 (%)", "knn_low": "kNN on layer2 (%)",
+         "vid": "same video, later clip (%)", "vid_static": "same video, frozen frames (%)"}
+
+
 def table(results: list[dict], args: argparse.Namespace) -> str:
     """``ablation.md``: one row per variant, mean ± std over seeds, and the flags of the rows."""
-    names = {"probe": "linear probe top-1 (%)", "knn": "kNN top-1 (%)", "order": "order accuracy (%)",
-             "erank": "effective rank", "knn_mid": "kNN on layer3 (%)", "knn_low": "kNN on layer2 (%)",
-             "vid": "same video, later clip (%)", "vid_static": "same video, frozen frames (%)"}
-    lines = ["| variant (`--terms`) | seeds | " + " | ".join(names[m] for m in METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]
+    lines = ["| variant (`--terms`) | seeds | pretraining steps | " + " | ".join(NAMES[m] for m in METRICS) + " |",
+             "|---|---|---|" + "---|" * len(METRICS)]
     for variant in VARIANTS:
         rows = [r for r in results if r["variant"] == variant]
         if not rows:
@@ -215,16 +366,21 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
                 continue
             mean, std = mean_std(values)
             cells.append(f"{mean:.1f} ± {std:.1f}" + (f" ({len(values)})" if len(values) < len(rows) else ""))
+        steps = sorted({r["steps"] for r in rows if "steps" in r})
+        steps_cell = "–" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
         terms = "random init" if VARIANTS[variant] is None else " ".join(VARIANTS[variant])
-        lines.append(f"| {variant} ({terms}) | {len(rows)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant} ({terms}) | {len(rows)} | {steps_cell} | " + " | ".join(cells) + " |")
     example = next((r["train_flags"] for r in results if r["train_flags"]), [])
     videos = len(read_csv(Path(args.data) / "train.csv", require_labels=True))
+    budget = (f"Budget: {args.minutes:g} min of train.py a cell (start-up included), then the newest finished "
+              f"epoch is scored; at most {args.epoch} epochs." if args.minutes else f"Budget: {args.epoch} epochs.")
     lines += ["", f"Chance: {100 / len((Path(args.data) / 'classes.txt').read_text().split()):.1f} % top-1, 50 % order, "
               f"{100 / max(videos, 1):.1f} % same video (among {videos}).",
-              "", "Pretraining command of a cell (`--terms` and `--seed` vary):", "",
+              "", "Pretraining command of a cell (`--terms` and `--seed` vary). " + budget, "",
               "    python train.py " + " ".join(shlex.quote(f) for f in example),
-              "", f"Evaluation: linear probe on cached features for {args.probe_epochs} epochs; kNN k=20, T=0.07 on "
-              f"one centred clip per video; order head {args.order_epochs} epochs.",
+              "", f"Evaluation: linear probe on cached features for {args.probe_epochs} epochs; standardised "
+              "logistic-regression probe (L-BFGS, L2 1e-3) and kNN k=20, T=0.07 on one centred clip per video; "
+              f"order head {args.order_epochs} epochs.",
               "", "Command: `python scripts/ablation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`", ""]
     return "\n".join(lines)
 
@@ -234,17 +390,24 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    shown = ("probe", "probe_lr", "knn", "order")
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(variants)
+
+    def stats(rows: list[dict], metric: str, scale: float) -> tuple[float, float]:
+        values = [scale * r[metric] for r in rows if metric in r]
+        return mean_std(values) if values else (math.nan, 0.0)  # no bar for a metric these cells lack
+
     for i, variant in enumerate(variants):
         rows = [r for r in results if r["variant"] == variant]
-        stats = [mean_std([100 * r[m] for r in rows]) for m in METRICS[:3]]
-        axes[0].bar([k + i * width for k in range(3)], [s[0] for s in stats], width, yerr=[s[1] for s in stats],
-                    label=variant, capsize=2)
-        mean, std = mean_std([r["erank"] for r in rows])
+        bars = [stats(rows, m, 100) for m in shown]
+        axes[0].bar([k + i * width for k in range(len(shown))], [b[0] for b in bars], width,
+                    yerr=[b[1] for b in bars], label=variant, capsize=2)
+        mean, std = stats(rows, "erank", 1)
         axes[1].bar(i, mean, 0.8, yerr=std, capsize=2)
-    axes[0].set_xticks([k + 0.4 - width / 2 for k in range(3)], ["linear probe", "kNN", "temporal order"])
+    axes[0].set_xticks([k + 0.4 - width / 2 for k in range(len(shown))],
+                       ["linear probe", "standardised\nlogistic probe", "kNN", "temporal order"])
     axes[0].set_ylabel("accuracy (%), mean ± std over seeds")
     axes[0].legend(fontsize=7)
     axes[1].set_xticks(range(len(variants)), variants, rotation=60, fontsize=7)
@@ -263,13 +426,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for k, (variant, seed) in enumerate(cells):
         print(f"[ablation] cell {k + 1}/{len(cells)}: {variant}, seed {seed}", flush=True)
-        results.append(run_cell(args, variant, seed, data))
-        r = results[-1]
-        print(f"[ablation] {variant} seed {seed}: probe {100 * r['probe']:.1f}%, kNN {100 * r['knn']:.1f}%, "
-              f"order {100 * r['order']:.1f}%, effective rank {r['erank']:.1f}, "
-              f"kNN layer3/layer2 {100 * r['knn_mid']:.1f}/{100 * r['knn_low']:.1f}%, same video "
-              f"{100 * r.get('vid', float('nan')):.1f}% ({100 * r.get('vid_static', float('nan')):.1f}% frozen)",
-              flush=True)
+        try:
+            results.append(run_cell(args, variant, seed, data))
+        except AblationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        r = {"steps": math.nan, **{m: math.nan for m in METRICS}, **results[-1]}  # nan: scored before it existed
+        print(f"[ablation] {variant} seed {seed} ({r['steps']} steps): probe {100 * r['probe']:.1f}%, "
+              f"standardised logistic probe {100 * r['probe_lr']:.1f}%, kNN {100 * r['knn']:.1f}% "
+              f"({100 * r['knn_std']:.1f}% standardised), order {100 * r['order']:.1f}%, effective rank "
+              f"{r['erank']:.1f}, kNN layer3/layer2 {100 * r['knn_mid']:.1f}/{100 * r['knn_low']:.1f}%, same video "
+              f"{100 * r['vid']:.1f}% ({100 * r['vid_static']:.1f}% frozen)", flush=True)
         text = table(results, args)
         with atomic_write(args.out / "ablation.md", "w") as f:
             f.write(text)

@@ -2,6 +2,8 @@
 
     python scripts/make_demo_data.py --out data/demo                      # the demo (4 drift directions)
     python scripts/make_demo_data.py --kind motion --out data/motion      # the motion benchmark (8 classes)
+    python scripts/make_demo_data.py --kind motion --out data/motion128 --size 128 \
+        --n_pretrain 1200 --n_train 904 --n_test 296 --workers 16         # at the GPU size (see the README)
 
 ``--kind shapes`` (the default): the small demo of ``train.py --demo`` (``datasets/demo.py``):
 shapes drifting left/right/up/down, all videos in ``pretrain.csv`` and a quarter in ``test.csv``.
@@ -42,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     motion.add_argument("--shared_appearance", action="store_true",
                         help="a control, not the benchmark: every video has the same background and shapes, "
                              "so only where the shapes are and how they move tells videos apart")
+    motion.add_argument("--workers", type=int, default=1,
+                        help="processes that draw and write the videos, e.g. the number of cores; the files are "
+                             "the same bytes for any number (default 1: this process alone)")
     return parser.parse_args(argv)
 
 
@@ -58,7 +63,8 @@ def main(argv=None) -> int:
         else:
             out = make_motion_data(args.out, seed=args.seed, size=args.size, frames=args.frames,
                                    n_pretrain=args.n_pretrain, n_train=args.n_train, n_test=args.n_test,
-                                   classes=args.classes, shared_appearance=args.shared_appearance)
+                                   classes=args.classes, shared_appearance=args.shared_appearance,
+                                   workers=args.workers)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

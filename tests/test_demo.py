@@ -82,13 +82,16 @@ def test_command_line_builds_the_motion_benchmark(tmp_path, capsys):
 
     out = tmp_path / "motion"
     assert main(["--kind", "motion", "--out", str(out), "--size", "16", "--frames", "5", "--n_pretrain", "3",
-                 "--n_train", "4", "--n_test", "2", "--classes", "2"]) == 0
+                 "--n_train", "4", "--n_test", "2", "--classes", "2", "--workers", "2"]) == 0
     assert "built" in capsys.readouterr().out
     assert [len(read_csv(out / f"{split}.csv")) for split in ("pretrain", "train", "test")] == [3, 4, 2]
     assert {r.label for r in read_csv(out / "train.csv", require_labels=True)} == {0, 1}
     assert all(r.frames == 5 for r in read_csv(out / "pretrain.csv"))
     assert main(["--kind", "motion", "--out", str(tmp_path / "bad"), "--classes", "3"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    assert main(["--kind", "motion", "--out", str(tmp_path / "bad"), "--workers", "0"]) == 2
+    assert capsys.readouterr().err == "error: workers=0: need at least 1 process\n"
+    assert not (tmp_path / "bad").exists()
     # the shared-appearance control is marked on disk; asking for the other one in its folder is an error
     flags = ["--kind", "motion", "--size", "16", "--frames", "4", "--n_pretrain", "1", "--n_train", "2", "--n_test",
              "2", "--classes", "2"]

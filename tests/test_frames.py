@@ -1,6 +1,9 @@
 """datasets.frames: naming, counting, decoding each frame once, reduced-size decode, errors."""
 
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +99,22 @@ def test_iter_frames_keeps_a_frame_only_until_its_last_use(tmp_path):
     held = weakref.ref(next(frames))
     next(frames)
     assert held() is None  # frame 0 was not needed again: the iterator let it go
+
+
+def test_frame_folders_and_the_entry_points_need_no_pyav(tmp_path):
+    """A machine without PyAV still trains and evaluates on frame folders: nothing imports ``av`` until a
+    video file is read."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for t in range(3):
+        Image.fromarray(np.full((8, 10, 3), 40 * t, np.uint8)).save(folder / frame_name(t))
+    code = (f"import sys; sys.modules['av'] = None\n"  # `import av` now fails
+            "import train, eval_linear, finetune, scripts.ablation\n"
+            "from visualization import temporal_cam\n"
+            "from datasets.frames import frame_size, read_frames\n"
+            f"assert frame_size({str(folder)!r}) == (10, 8)\n"
+            f"assert [int(f[0, 0, 0]) for f in read_frames({str(folder)!r}, [2, 0])] == [80, 0]\n"
+            "assert 'datasets.videos' not in sys.modules\n")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -1,5 +1,6 @@
-"""evaluation.monitor: effective rank, embedding spread, DINO-style kNN, the monitor on real clips (1 and 2 workers),
-the clip windows of CentreClipDataset and the same-video retrieval diagnostic."""
+"""evaluation.monitor: effective rank, embedding spread, DINO-style kNN, the standardised logistic-regression probe,
+the monitor on real clips (1 and 2 workers), the clip windows of CentreClipDataset and the same-video retrieval
+diagnostic."""
 import math
 import shutil
 
@@ -10,8 +11,8 @@ import torch
 from datasets import CentreClipDataset, read_csv
 from datasets.demo import make_demo_data
 from datasets.index import VideoRecord, frame_name, write_csv
-from evaluation.monitor import (KnnMonitor, batch_health, effective_rank, embedding_stats, knn_top1, same_video_top1,
-                                video_identity)
+from evaluation.monitor import (KnnMonitor, batch_health, effective_rank, embedding_stats, fit_logistic_regression,
+                                knn_top1, linear_probe_top1, same_video_top1, standardize, video_identity)
 from models import build_backbone
 from tests.two_workers import run_on_two_workers
 
@@ -69,6 +70,84 @@ def test_knn_matches_a_loop_and_uses_its_weights():
     query = torch.tensor([[1.0, 0.05]])
     assert knn_top1(memory, torch.tensor([1, 0, 0]), query, torch.tensor([1]), k=3, temperature=0.07) == 1.0
     assert knn_top1(memory, torch.tensor([1, 0, 0]), query, torch.tensor([1]), k=3, temperature=100.0) == 0.0
+
+
+def test_standardize_matches_a_loop_and_leaves_constant_dimensions_finite():
+    gen = torch.Generator().manual_seed(4)
+    train = torch.randn(9, 4, generator=gen) * torch.tensor([1.0, 10.0, 0.1, 1.0]) + 3
+    train[:, 3] = 2.5  # constant over train: only centred
+    test = torch.randn(5, 4, generator=gen)
+    got_train, got_test = standardize(train, test)
+    assert got_train.dtype == torch.float64
+    for d in range(4):
+        column = [float(v) for v in train[:, d]]
+        mean = sum(column) / len(column)
+        std = math.sqrt(sum((v - mean) ** 2 for v in column) / len(column))  # population, over the train rows
+        scale = std if d != 3 else 1.0
+        for rows, got in ((train, got_train), (test, got_test)):
+            for i in range(len(rows)):
+                assert float(got[i, d]) == pytest.approx((float(rows[i, d]) - mean) / scale, rel=1e-9, abs=1e-12)
+    assert torch.all(got_train[:, 3] == 0) and torch.isfinite(got_test).all()
+    assert got_train[:, :3].std(0, correction=0).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="train row"):
+        standardize(torch.empty(0, 4), test)
+
+
+def logistic_regression_by_gradient_descent(x, y, classes, l2, steps=4000, lr=0.5):
+    """The minimiser of mean cross-entropy + l2/2 ||W||^2 by plain full-batch gradient descent in numpy,
+    with the gradient written out: (softmax - onehot) x / N + l2 W for W, (softmax - onehot) / N for b."""
+    x, y = x.numpy().astype(np.float64), y.numpy()
+    weight, bias = np.zeros((classes, x.shape[1])), np.zeros(classes)
+    onehot = np.eye(classes)[y]
+    for _ in range(steps):
+        logits = x @ weight.T + bias
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        weight -= lr * ((p - onehot).T @ x / len(x) + l2 * weight)
+        bias -= lr * (p - onehot).mean(0)
+    return weight, bias
+
+
+def test_logistic_regression_reaches_the_minimum_found_by_gradient_descent():
+    gen = torch.Generator().manual_seed(5)
+    y = torch.arange(24) % 3
+    x = torch.randn(3, 2, generator=gen)[y] + 0.9 * torch.randn(24, 2, generator=gen)  # overlapping classes
+    weight, bias = fit_logistic_regression(x, y, 3, iters=100, l2=0.1)
+    want_weight, want_bias = logistic_regression_by_gradient_descent(x, y, 3, l2=0.1)
+    assert weight.shape == (3, 2) and bias.shape == (3,)
+    assert np.allclose(weight.numpy(), want_weight, atol=1e-6) and np.allclose(bias.numpy(), want_bias, atol=1e-6)
+    again = fit_logistic_regression(x, y, 3, iters=100, l2=0.1)  # deterministic: the same bits
+    assert torch.equal(again[0], weight) and torch.equal(again[1], bias)
+    # a larger penalty gives smaller weights (so l2 is used)
+    assert fit_logistic_regression(x, y, 3, iters=100, l2=1.0)[0].norm() < weight.norm()
+
+
+def test_linear_probe_on_a_separable_problem_and_its_errors():
+    # class = sign of the first coordinate, far from the boundary; the second coordinate is noise
+    gen = torch.Generator().manual_seed(6)
+    y_train, y_test = torch.arange(20) % 2, torch.arange(10) % 2
+    x_train = torch.stack([4 * y_train - 2 + 0.3 * torch.randn(20, generator=gen), torch.randn(20, generator=gen)], 1)
+    x_test = torch.stack([4 * y_test - 2 + 0.3 * torch.randn(10, generator=gen), torch.randn(10, generator=gen)], 1)
+    assert linear_probe_top1(x_train, y_train, x_test, y_test) == 1.0
+    assert linear_probe_top1(x_train, y_train, x_test, 1 - y_test) == 0.0  # every test video predicted
+    with pytest.raises(ValueError, match="train and test"):
+        linear_probe_top1(x_train[:0], y_train[:0], x_test, y_test)
+
+
+def test_probe_reads_a_low_variance_direction_that_cosine_knn_misses():
+    """Two classes that differ only along one direction of small variance: the cosine of the raw features
+    is ruled by the 19 large noisy directions, so the kNN is near chance; the standardised probe finds it."""
+    gen = torch.Generator().manual_seed(7)
+
+    def features(n):
+        y = torch.arange(n) % 2
+        x = 5 + 10 * torch.rand(n, 20, generator=gen)  # [n,20]: large, uninformative
+        x[:, 0] = 1 + 0.1 * (2 * y - 1) + 0.02 * torch.randn(n, generator=gen)  # small, tells the class
+        return x, y
+
+    (train, train_labels), (test, test_labels) = features(200), features(100)
+    assert knn_top1(train, train_labels, test, test_labels) < 0.7
+    assert linear_probe_top1(train, train_labels, test, test_labels) >= 0.97
 
 
 def test_batch_health_reads_forward_rows_of_clips_a_and_b():
@@ -169,8 +248,15 @@ def _monitor_worker(rank, root):
     backbone = build_backbone("r3d18")
     monitor = KnnMonitor(str(root / "train5.csv"), str(root / "test.csv"), seq=SEQ, img_dim=IMG, batch_size=2,
                          workers=0)
-    result = monitor(backbone, torch.device("cpu"))
-    return {k: v for k, v in result.items() if k != "seconds"}
+    import evaluation.monitor as module
+
+    calls, probe = [], module.linear_probe_top1
+    module.linear_probe_top1 = lambda *args, **kwargs: calls.append(rank) or probe(*args, **kwargs)
+    try:
+        result = monitor(backbone, torch.device("cpu"))
+    finally:
+        module.linear_probe_top1 = probe
+    return {**{k: v for k, v in result.items() if not k.endswith("seconds")}, "probe_calls": len(calls)}
 
 
 def test_monitor_equals_features_clip_by_clip_and_two_workers_agree(demo, tmp_path):
@@ -185,6 +271,10 @@ def test_monitor_equals_features_clip_by_clip_and_two_workers_agree(demo, tmp_pa
     train, train_labels = _features(backbone, demo / "train5.csv")
     test, test_labels = _features(backbone, demo / "test.csv")
     assert got["knn_top1"] == knn_top1(train, train_labels, test, test_labels)
+    train_std, test_std = standardize(train, test)
+    assert got["knn_top1_std"] == knn_top1(train_std, train_labels, test_std, test_labels)
+    assert got["probe_top1"] == linear_probe_top1(train, train_labels, test, test_labels)
+    assert 0 < got["probe_seconds"] < got["seconds"]
     stats = embedding_stats(torch.cat([train, test]))
     assert got["erank"] == pytest.approx(stats["erank"], rel=1e-4) and got["width"] == 512
     assert got["rows"] == 5 + len(test)  # the rank of the pooled features is at most this
@@ -199,6 +289,8 @@ def test_monitor_equals_features_clip_by_clip_and_two_workers_agree(demo, tmp_pa
 
     two = run_on_two_workers(_monitor_worker, demo, tmp_path=tmp_path)
     single = _monitor_worker(0, demo)
+    assert [result["probe_calls"] for result in two] == [1, 0]  # rank 0 fits the probe, rank 1 gets its result
     for result in two:
-        assert result["knn_top1"] == single["knn_top1"]
+        assert result["knn_top1"] == single["knn_top1"] and result["knn_top1_std"] == single["knn_top1_std"]
+        assert result["probe_top1"] == single["probe_top1"]
         assert result["erank"] == pytest.approx(single["erank"], rel=1e-4)

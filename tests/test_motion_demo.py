@@ -49,6 +49,20 @@ def test_deterministic_from_seed_and_no_op_when_present(tmp_path):
     assert all(more[k] == v for k, v in first.items() if k.startswith("frames/train"))
 
 
+def test_the_same_bytes_for_any_number_of_workers(tmp_path):
+    kw = dict(size=16, frames=4, n_pretrain=3, n_train=8, n_test=3)
+    one = _files(make_motion_data(tmp_path / "one", seed=2, **kw))
+    two = _files(make_motion_data(tmp_path / "two", seed=2, workers=2, **kw))
+    assert len(one) == 3 + (3 + 8 + 3) * 4 + 1  # three CSVs, the frames, classes.txt
+    assert two == one
+    shared = dict(kw, shared_appearance=True)
+    assert (_files(make_motion_data(tmp_path / "s1", seed=2, **shared))
+            == _files(make_motion_data(tmp_path / "s2", seed=2, workers=2, **shared)))
+    with pytest.raises(ValueError, match="workers"):
+        make_motion_data(tmp_path / "none", workers=0)
+    assert not (tmp_path / "none").exists()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="even"):
         class_directions(7)
