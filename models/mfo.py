@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbones import build_backbone
-from models.temporal import MotionExcitation, pool_time, stack_reversed
+from models.temporal import MotionExcitation, pool_time
 
 # time bins of the pooled low / mid / high maps: T/2, T/4, T/8 at the paper's 16 frames
 LOW_STEPS, MID_STEPS, HIGH_STEPS = 8, 4, 2
@@ -126,7 +126,7 @@ class MFOModel(nn.Module):
             ("low", low, self.me_low, self.low_heads, LOW_STEPS),
             ("mid", mid, self.me_mid, self.mid_heads, MID_STEPS),
         ):
-            z = pool_time(excite(stack_reversed(fmap)), steps)  # [6B,c,L]
+            z = excite.pooled_with_reversed(fmap, steps)  # [6B,c,L] = pool_time(excite(stack_reversed(fmap)))
             out[name] = heads.contrast(z).mean(2).reshape(2 * b, 3, -1)  # [2B,3,C]
             fwd = z[: 3 * b]  # [3B,c,L]
             out[f"{name}_t"] = heads.fine(fwd).reshape(b, 3, -1, steps)  # [B,3,C,L]

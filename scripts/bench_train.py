@@ -14,12 +14,13 @@ Three measurements, each printed as a table:
   the device prefetcher, values read every ``--log_every`` steps, TensorBoard scalars, progress bar)
   on synthetic in-memory clips against the bare step repeated back to back; ratio = bare step time /
   loop step time (target on a GPU >= 0.9).
+* ``--profile``: torch.profiler's table of the operators of a full step (bfloat16 on CUDA), by device time.
 * ``--launch``: ``train.py --demo`` with 2 loader workers in one process, under
   ``--multiprocessing-distributed`` and under ``torchrun``: the training loop's seconds per step
   (the second epoch, once the workers run) and the kNN monitor's seconds, and their ratios to the
   single process (target: within 10 %).
 
-    python scripts/bench_train.py [--repeats 5] [--arch r3d18] [--compile] [--loop] [--launch]
+    python scripts/bench_train.py [--repeats 5] [--arch r3d18] [--compile] [--loop] [--profile] [--launch]
 """
 from __future__ import annotations
 
@@ -102,6 +103,24 @@ def bench_step(arch: str, batch: int, seq: int, img: int, amp: bool, repeats: in
             "clips_per_s": 3 * batch / t["full"]}
 
 
+def profile_step(arch: str, batch: int, seq: int, img: int, amp: bool, device: torch.device, rows: int = 30) -> str:
+    """torch.profiler's table of the operators of 3 full steps (after 3 warm-up steps), by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, optimizer, bank, clips = setup(arch, batch, seq, img, device, channels_last=device.type == "cuda")
+    step = step_fn(model, optimizer, bank, clips, amp)
+    for _ in range(3):
+        step()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def bench_loop(arch: str, batch: int, seq: int, img: int, amp: bool, steps: int, device: torch.device) -> dict:
     """Seconds per step of ``steps`` bare steps back to back and of train.py's loop over as many batches."""
     model, optimizer, bank, clips = setup(arch, batch, seq, img, device, channels_last=device.type == "cuda")
@@ -176,6 +195,10 @@ def main(argv=None) -> None:
     p.add_argument("--launch", action="store_true",
                    help="one process vs --multiprocessing-distributed vs torchrun on the demo, instead of the step")
     p.add_argument("--workers", type=int, default=2, help="loader workers of the --launch runs (default: 2)")
+    p.add_argument("--layout", choices=["both", "channels_last", "contiguous"], default="both",
+                   help="CUDA memory layouts of the step measurement (default: both)")
+    p.add_argument("--profile", action="store_true",
+                   help="print torch.profiler's operator table of a full step (bf16 on CUDA), instead of the step")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -193,6 +216,9 @@ def main(argv=None) -> None:
         return
 
     configs = [dict(TINY, amp=False)] if device.type == "cpu" else [dict(PAPER, amp=False), dict(PAPER, amp=True)]
+    if args.profile:
+        print(profile_step(args.arch, device=device, **configs[-1]))
+        return
     if args.loop:
         print(f"train.py's loop vs the bare step, {args.steps} steps each (K=1000, C=128, bank 1024, graph on)")
         for cfg in configs:
@@ -202,7 +228,8 @@ def main(argv=None) -> None:
                   f"loop {r['loop_s'] * 1e3:8.1f} ms/step | bare/loop {r['ratio']:.3f}")
         return
 
-    layouts = [("contiguous", False)] if device.type == "cpu" else [("channels_last", True), ("contiguous", False)]
+    layouts = [("contiguous", False)] if device.type == "cpu" else [
+        (layout, layout == "channels_last") for layout in ("channels_last", "contiguous") if args.layout in ("both", layout)]
     variants = [(layout, cl, False) for layout, cl in layouts]
     if args.compile:
         variants.append(("channels_last+compile" if device.type == "cuda" else "compile", device.type == "cuda",

@@ -88,3 +88,24 @@ def test_motion_excitation_is_identity_without_motion_at_last_step():
         out = me(x)
     assert torch.allclose(out[:, :, -1], x[:, :, -1], atol=1e-6)  # bias 0 -> scale 0
     assert not torch.allclose(out[:, :, 0], x[:, :, 0], atol=1e-3)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_pooled_with_reversed_equals_pooling_the_excited_stack(train):
+    """The shortcut (spatial means scaled by 1 + m, the reduction run once and flipped) gives the values,
+    the input and parameter gradients and the BatchNorm running statistics of the direct computation."""
+    torch.manual_seed(0)
+    fast, slow = MotionExcitation(32), MotionExcitation(32)
+    slow.load_state_dict(fast.state_dict())
+    fast.train(train), slow.train(train)
+    x = torch.randn(3, 32, 8, 5, 6, requires_grad=True)
+    weights = torch.randn(6, 32, 4)  # a loss that weighs every output differently
+    got = fast.pooled_with_reversed(x, 4)
+    want = pool_time(slow(stack_reversed(x)), 4)
+    assert got.shape == (6, 32, 4) and torch.allclose(got, want, atol=1e-6)
+    grad_got = torch.autograd.grad((got * weights).sum(), [x, *fast.parameters()])
+    grad_want = torch.autograd.grad((want * weights).sum(), [x, *slow.parameters()])
+    for a, b in zip(grad_got, grad_want):
+        assert torch.allclose(a, b, atol=1e-5)
+    for (name, a), b in zip(fast.named_buffers(), slow.buffers()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
