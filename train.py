@@ -210,6 +210,20 @@ def img_dim_warning(arch: str, img_dim: int) -> str | None:
     return None
 
 
+def collapse_warning(rank: float | None, width: int, probe: float | None, probe_at_0: float | None) -> str | None:
+    """The warning for pooled features of effective ``rank`` below 5% of the ``width`` they could span;
+    None when the rank is higher, or when the monitor's probe reads more than at step 0 (a representation
+    can learn on few directions: the README's 'Watching a run')."""
+    if rank is None or rank >= 0.05 * width:
+        return None
+    if probe is not None and probe_at_0 is not None and probe > probe_at_0:
+        return None
+    probed = "" if probe is None else f", the probe's top-1 {probe:.3f}" + (
+        "" if probe_at_0 is None else f" (at step 0: {probe_at_0:.3f})")
+    return (f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of {width} possible "
+            f"(below 5%){probed}; see the README's 'Watching a run' for what to try")
+
+
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     model.train()
     if freeze_bn:
@@ -311,6 +325,7 @@ class RunState:
     counts: dict[str, int] = field(default_factory=dict)
     replaced: int = 0  # videos replaced by another in this epoch, over all processes
     seconds: float = 0.0  # wall time of this epoch's steps (the logged step times summed)
+    reference: dict[str, float] = field(default_factory=dict)  # the monitor's values at step 0
 
     def add(self, record: dict[str, float]) -> None:
         for name, value in record.items():
@@ -327,7 +342,7 @@ class RunState:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "epoch_sums": dict(self.sums), "epoch_counts": dict(self.counts), "epoch_replaced": self.replaced,
-                "epoch_seconds": self.seconds}
+                "epoch_seconds": self.seconds, "monitor_reference": dict(self.reference)}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
@@ -336,6 +351,7 @@ class RunState:
         self.counts = dict(state.get("epoch_counts", {name: self.step_in_epoch for name in self.sums}))
         self.replaced = state.get("epoch_replaced", 0)
         self.seconds = state.get("epoch_seconds", 0.0)
+        self.reference = dict(state.get("monitor_reference", {}))
 
 
 class StepLog:
@@ -537,7 +553,8 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     batches = prefetch(loader, ctx.device)
     try:
         if monitor is not None and run.global_step == 0:  # the backbone at initialisation: every curve's reference
-            tracker.epoch({"epoch": -1, "global_step": 0, **watch(0)})
+            run.reference = watch(0)
+            tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
         while run.epoch < args.epoch:
             if train_one_epoch(model, optimizer, bank, batches, run, steps=stream.steps_per_epoch, args=args, ctx=ctx,
                                objective=objective, tracker=tracker, amp=amp, history=history,
@@ -556,10 +573,11 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                 rank, width = summary["monitor_erank"], min(summary["monitor_width"], summary["monitor_rows"])
             else:
                 rank, width = summary.get("erank_pooled"), min(core.backbone.channels[2], 2 * args.train_batch)
-            if rank is not None and rank < 0.05 * width and not warned_collapse:
+            warning = collapse_warning(rank, width, summary.get("monitor_probe_top1"),
+                                       run.reference.get("monitor_probe_top1"))
+            if warning and not warned_collapse:
                 warned_collapse = True
-                tracker.print(f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of "
-                              f"{width} possible (below 5%); see the README's 'Watching a run' for what to try")
+                tracker.print(warning)
             writer.wait()  # the previous checkpoint is on disk before this epoch's line
             # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
             tracker.epoch(summary)
