@@ -16,17 +16,18 @@ import os
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
 
+from engine.errors import UserError
 from engine.files import atomic_write
 
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file (CSV, split list, frame folder) is malformed; the message says where and why."""
 
 
-class FrameDecodeError(OSError):
+class FrameDecodeError(UserError, OSError):
     """A frame file is missing or cannot be decoded; ``.path`` names it. Its subclass
     ``datasets.videos.VideoDecodeError`` is raised for video files. (Defined here, beside
     ``DataError``, so that torch-free code can catch it; ``datasets.frames`` raises it.)"""

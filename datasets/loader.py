@@ -1,4 +1,5 @@
-"""DataLoader settings for video clips: keep freed memory in the loading process.
+"""DataLoader settings for video clips: keep freed memory in the loading process; workers leave stop signals
+to their main process.
 
 Why: keep freed memory in the process instead of handing it back to the OS after every sample.
 
@@ -14,6 +15,8 @@ is what DataLoader workers (short-lived, one per loader) and training processes 
 import ctypes
 import ctypes.util
 import sys
+
+from engine.interrupt import ignore_stop_signals
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit systems (half its heap size)
@@ -38,8 +41,11 @@ def keep_freed_memory() -> bool:
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders of video clips: ``keep_freed_memory`` in the worker."""
+    """``worker_init_fn`` for DataLoaders of video clips: ``keep_freed_memory`` in the worker, which also
+    ignores SIGINT and SIGTERM: its main process stops the run at a step boundary and ends the workers
+    (``engine.interrupt``)."""
     keep_freed_memory()
+    ignore_stop_signals()
 
 
 def loader_kwargs(workers: int) -> dict:

@@ -1,11 +1,13 @@
 """datasets.loader: malloc keeps freed blocks in the process (no page faults on reuse), loader setup."""
 
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from datasets.loader import loader_kwargs, loader_worker_init
 
@@ -47,3 +49,18 @@ def test_keep_freed_memory_reuses_freed_blocks():
 def test_loader_kwargs():
     assert loader_kwargs(2) == {"worker_init_fn": loader_worker_init}
     assert loader_kwargs(0) == {}  # this process loads the data: tuned in place
+
+
+class _Dispositions(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return torch.tensor([signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN])
+
+
+def test_loader_workers_leave_stop_signals_to_their_main_process():
+    loader = torch.utils.data.DataLoader(_Dispositions(), num_workers=1, **loader_kwargs(1))
+    assert next(iter(loader)).tolist() == [[True, True]]
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # this process keeps its handlers
