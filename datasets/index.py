@@ -93,7 +93,8 @@ def read_csv(csv_file, require_labels: bool = False, num_classes: Optional[int] 
     base = csv_file.resolve().parent
     records = []
     width = None
-    with open(csv_file, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (Excel and Notepad write one) is not read as part of the first path
+    with open(csv_file, newline="", encoding="utf-8-sig") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
             if not row:  # blank line
                 continue

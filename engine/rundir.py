@@ -51,17 +51,24 @@ class RunFiles:
 
     ``names``: its outputs (files or folders); ``pattern``: a regular expression for more of them
     (e.g. epoch files); ``checkpoint``: the file a resume continues from; ``early``: the outputs that
-    can exist before that checkpoint does, which a resume without a checkpoint removes as leftovers.
+    can exist before that checkpoint does, which a resume without a checkpoint removes as leftovers;
+    ``shared``: a regular expression for files that outlive runs and are no sign of one (e.g. caches
+    meant for the next run in the folder).
     """
 
     names: tuple[str, ...] = ("last.pth", *TRACKING)
     pattern: str | None = r"epoch_\d+\.pth"
     checkpoint: str = "last.pth"
     early: tuple[str, ...] = TRACKING
+    shared: str | None = None
 
     def owns(self, name: str) -> bool:
         """Whether ``name`` (an entry of the folder) is one of these outputs."""
         return name in self.names or (self.pattern is not None and re.fullmatch(self.pattern, name) is not None)
+
+    def marks_a_run(self, name: str) -> bool:
+        """Whether an entry ``name`` shows that the folder holds a run (anything but ``shared`` files)."""
+        return self.shared is None or re.fullmatch(self.shared, name) is None
 
 
 TRAIN_FILES = RunFiles()
@@ -188,7 +195,7 @@ def claim_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
-    existing = run_outputs(out_dir)
+    existing = [name for name in run_outputs(out_dir) if files.marks_a_run(name)]
     if existing and not (resume or overwrite):
         raise OutDirError(f"--out_dir {out_dir} already holds a run ({_listing(existing)}): continue it with "
                           "--resume auto, start it again with --overwrite (deletes its checkpoints and logs), "

@@ -134,8 +134,13 @@ def test_resume_without_a_checkpoint_keeps_what_a_run_saved(tmp_path):
 
 def test_other_run_files_are_described_by_the_caller(tmp_path):
     files = RunFiles(names=("last.pth", "best.pth", "results.json", "log.jsonl", "tensorboard"), pattern=None,
-                     early=("best.pth", "log.jsonl", "tensorboard"))
-    for name in ("best.pth", "log.jsonl", "features_0123.pt", "epoch_0000.pth"):
+                     early=("best.pth", "log.jsonl", "tensorboard"), shared=r"features_\d+\.pt")
+    (tmp_path / "features_0123.pt").write_text("a cache for the next run")
+    lock, _ = claim_out_dir(tmp_path, resume=False, overwrite=False, files=files)  # a shared file is no run
+    lock.release()
+    with pytest.raises(OutDirError, match="already holds a run"):
+        claim_out_dir(tmp_path, resume=False, overwrite=False)  # for another kind of run it is
+    for name in ("best.pth", "log.jsonl", "epoch_0000.pth"):
         (tmp_path / name).write_text("x")
     lock, notes = claim_out_dir(tmp_path, resume=True, overwrite=False, files=files)
     lock.release()
@@ -168,6 +173,6 @@ def test_a_read_only_out_dir_is_one_line(tmp_path):
 
 @pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs a folder nobody may create entries in")
 def test_a_folder_that_cannot_be_created_names_the_reason():
-    with pytest.raises(OutDirError, match=r"^--out_dir /sys/mfo-test-run: cannot create or write in this folder \(.+\); "
-                                          "pick another --out_dir"):
+    with pytest.raises(OutDirError, match=r"^--out_dir /sys/mfo-test-run: cannot create or write in this folder "
+                                          r"\(.+\); pick another --out_dir"):
         OutDirLock("/sys/mfo-test-run")
