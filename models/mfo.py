@@ -1,6 +1,6 @@
 """The multi-level MFO model: backbone, feature-level reversal, motion excitation, heads, prototypes.
 
-See DESIGN.md §2. The model returns embeddings only (never a loss); L2 normalisation of the
+See docs/method.md §2. The model returns embeddings only (never a loss); L2 normalisation of the
 contrast, graph and fine embeddings is left to the losses.
 """
 from __future__ import annotations
