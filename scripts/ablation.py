@@ -124,9 +124,10 @@ def shared_flags(args: argparse.Namespace, ckpt: Path | None, seed: int, data: P
 def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, cell: Path) -> dict[str, float]:
     """The metrics of one backbone (``ckpt`` None: a random initialisation seeded by ``seed``)."""
     classes = len((data / "classes.txt").read_text().split())
+    # --overwrite: a cell scored again (its scoring was interrupted) probes again, from the cached features
     probe = eval_linear.main([*shared_flags(args, ckpt, seed, data, cell / "probe"), "--features",
                               "--num_classes", str(classes), "--epochs", str(args.probe_epochs), "--schedule",
-                              "--batch_size", "64"])
+                              "--batch_size", "64", "--overwrite"])
     order = temporal_cam.main([*shared_flags(args, ckpt, seed, data, cell / "order"), "--epochs",
                                str(args.order_epochs), "--batch_size", "16", "--num_videos", "0"])
     backbone = load(ckpt, seed)
