@@ -215,7 +215,7 @@ class _ForwardStop(GracefulStop):
 
 def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> None:
     """``mp.spawn`` of ``nprocs`` workers that carries their user errors and interruptions back to here."""
-    with tempfile.TemporaryDirectory(prefix="mfo-launch-") as reports:
+    with tempfile.TemporaryDirectory(prefix="mfo-launch-", ignore_cleanup_errors=True) as reports:
         context = mp.start_processes(_spawned, args=(nprocs, worker, payload, how, url, reports), nprocs=nprocs,
                                      join=False, start_method="spawn")
         with _ForwardStop(context.pids()) as forward:
