@@ -5,7 +5,8 @@
     python eval_linear.py ... --retrieval    # recall@1/5/10/20/50, test videos querying train videos
 
 The backbone is frozen (``eval()`` mode, no gradient); the head is L2-normalise -> BatchNorm1d ->
-Linear, trained with SGD (CoCLR's recipe). Accuracy is video-level; see ``evaluation/protocol.py``.
+Linear, trained with SGD (CoCLR's recipe). Accuracy is video-level; see ``evaluation/protocol.py`` and the
+README's "Downstream evaluation".
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import argparse
 
 import torch
 
+from engine.errors import exit_on_error
+from evaluation.data import read_inputs, video_datasets
 from evaluation.features import ClipFeatureSamples, VideoFeatures, cached_features
-from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args,
-                                 exit_on_user_error, fit, read_inputs, seed_everything, start_run, test_and_report, video_datasets)
-from evaluation.report import write_json
-from evaluation.retrieval import format_recall_table, one_clip_per_video, recall_at_k, video_means
+from evaluation.loop import build_classifier, downstream_run, seed_everything, train_and_test
+from evaluation.protocol import Protocol, add_downstream_args, check_downstream_args
+from evaluation.retrieval import retrieval_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,23 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_downstream_args(parser, Protocol.from_flags(vars(args)))
     if args.features and args.retrieval:
         parser.error("--retrieval always uses cached features; drop --features")
+    if args.retrieval and args.resume:
+        parser.error("--retrieval trains nothing, so there is nothing to resume; drop --resume")
+    if args.momentum < 0:
+        parser.error(f"--momentum must be >= 0, got {args.momentum:g}")
     return args
-
-
-def retrieval(cfg: Protocol, features: dict, tracker, gallery_kind: str) -> dict:
-    """Test videos query train videos; write results.json; return the recalls."""
-    train, test = features["train"], features["test"]
-    if gallery_kind == "video":
-        gallery = video_means(train["feats"], train["counts"])  # [G,C]
-    else:
-        gallery = one_clip_per_video(train["feats"], train["counts"], torch.Generator().manual_seed(cfg.seed))
-    recalls = recall_at_k(video_means(test["feats"], test["counts"]), test["labels"], gallery, train["labels"])
-    tracker.print(f"retrieval of {len(test['labels'])} test videos among {len(train['labels'])} train videos "
-                  f"(recall, %):\n{format_recall_table(recalls)}")
-    write_json({**recalls, "gallery": gallery_kind, "test_videos": len(test["labels"]),
-                "train_videos": len(train["labels"]), "checkpoint": cfg.checkpoint_name, "args": dict(cfg.flags)},
-               f"{cfg.out_dir}/results.json")
-    return recalls
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -64,34 +54,31 @@ def run(args: argparse.Namespace) -> dict:
     seed_everything(cfg.seed)
     model, loaded = build_classifier(cfg, head="bn_linear")
     model.backbone.requires_grad_(False)
-    tracker, state, dev = start_run(cfg, notes=(loaded,))
-    if args.retrieval:
-        results = retrieval(cfg, cached_features(model, cfg, dev, tracker), tracker, args.gallery)
-        tracker.close()
-        return results
-
-    if args.features:  # the head alone, on cached features of the deterministic test clips
-        features = cached_features(model, cfg, dev, tracker)
-        net, frozen = model.head, None
-        train_set = ClipFeatureSamples(features["train"], train_idx)
-        val_set = VideoFeatures(features["train"], val_idx) if val_idx else None
-        test_set = VideoFeatures(features["test"])
-    else:
-        net, frozen = model, model.backbone
-        train_set, val_set, test_set = video_datasets(cfg, train_idx, val_idx)
-
-    optimizer = torch.optim.SGD(model.head.parameters(), lr=cfg.lr, momentum=args.momentum, weight_decay=cfg.wd)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.schedule), gamma=0.1)
-    chosen = fit(cfg, net, train_set, val_set, optimizer, scheduler, tracker, state, dev, frozen=frozen)
-    results = test_and_report(cfg, net, test_set, dev, tracker, {"protocol": "linear probe", **chosen})
-    tracker.close()
-    return results
+    with downstream_run(cfg, notes=(loaded,)) as run:
+        if run.done is not None:
+            return run.done
+        if args.retrieval:
+            return retrieval_report(cfg, cached_features(model, cfg, run.device, run.tracker, stop=run.stop),
+                                    run.tracker, args.gallery)
+        if args.features:  # the head alone, on cached features of the deterministic test clips
+            features = cached_features(model, cfg, run.device, run.tracker, stop=run.stop)
+            net, frozen = model.head, None
+            sets = (ClipFeatureSamples(features["train"], train_idx),
+                    VideoFeatures(features["train"], val_idx) if val_idx else None, VideoFeatures(features["test"]))
+        else:
+            net, frozen = model, model.backbone
+            sets = video_datasets(cfg, train_idx, val_idx)
+        optimizer = torch.optim.SGD(model.head.parameters(), lr=cfg.lr, momentum=args.momentum, weight_decay=cfg.wd)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.schedule), gamma=0.1)
+        return train_and_test(cfg, run, net, sets, optimizer, scheduler, protocol="linear probe", frozen=frozen)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """The command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and status 1."""
+    """The command line: a user's mistake (a bad CSV, checkpoint, frame, output folder, resume) ends in one
+    ``error: ...`` line and status 1; SIGINT / SIGTERM stop at a step (see ``evaluation.loop.fit``)."""
     args = parse_args(argv)  # argparse reports its own errors
-    return exit_on_user_error(lambda: run(args))
+    with exit_on_error():
+        return run(args)
 
 
 if __name__ == "__main__":

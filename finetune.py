@@ -3,7 +3,8 @@
     python finetune.py --pretrained runs/mfo/last.pth --train_csv ucf_train.csv --test_csv ucf_test.csv
 
 The whole network is trained with Adam; the head is Dropout(0.9) -> Linear and the backbone's
-learning rate is a tenth of the head's. Accuracy is video-level; see ``evaluation/protocol.py``.
+learning rate is a tenth of the head's. Accuracy is video-level; see ``evaluation/protocol.py`` and the README's
+"Downstream evaluation".
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import argparse
 
 import torch
 
-from evaluation.protocol import (Protocol, add_downstream_args, build_classifier, check_downstream_args,
-                                 exit_on_user_error, fit, read_inputs, seed_everything, start_run, test_and_report, video_datasets)
+from engine.errors import exit_on_error
+from evaluation.data import read_inputs, video_datasets
+from evaluation.loop import build_classifier, downstream_run, seed_everything, train_and_test
+from evaluation.protocol import Protocol, add_downstream_args, check_downstream_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_downstream_args(parser, Protocol.from_flags(vars(args)))
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not args.backbone_lr_scale >= 0:
+        parser.error(f"--backbone_lr_scale must be >= 0, got {args.backbone_lr_scale:g}")
     return args
 
 
@@ -35,23 +40,24 @@ def run(args: argparse.Namespace) -> dict:
     cfg, train_idx, val_idx = read_inputs(Protocol.from_flags(vars(args)))
     seed_everything(cfg.seed)
     model, loaded = build_classifier(cfg, head="linear", dropout=args.dropout)
-    train_set, val_set, test_set = video_datasets(cfg, train_idx, val_idx)
-    tracker, state, dev = start_run(cfg, notes=(loaded,))
-    optimizer = torch.optim.Adam([
-        {"params": model.backbone.parameters(), "lr": cfg.lr * args.backbone_lr_scale},
-        {"params": model.head.parameters(), "lr": cfg.lr},
-    ], weight_decay=cfg.wd)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.schedule), gamma=0.1)
-    chosen = fit(cfg, model, train_set, val_set, optimizer, scheduler, tracker, state, dev)
-    results = test_and_report(cfg, model, test_set, dev, tracker, {"protocol": "fine-tuning", **chosen})
-    tracker.close()
-    return results
+    sets = video_datasets(cfg, train_idx, val_idx)
+    with downstream_run(cfg, notes=(loaded,)) as run:
+        if run.done is not None:
+            return run.done
+        optimizer = torch.optim.Adam([
+            {"params": model.backbone.parameters(), "lr": cfg.lr * args.backbone_lr_scale},
+            {"params": model.head.parameters(), "lr": cfg.lr},
+        ], weight_decay=cfg.wd)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.schedule), gamma=0.1)
+        return train_and_test(cfg, run, model, sets, optimizer, scheduler, protocol="fine-tuning")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """The command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and status 1."""
+    """The command line: a user's mistake (a bad CSV, checkpoint, frame, output folder, resume) ends in one
+    ``error: ...`` line and status 1; SIGINT / SIGTERM stop at a step (see ``evaluation.loop.fit``)."""
     args = parse_args(argv)  # argparse reports its own errors
-    return exit_on_user_error(lambda: run(args))
+    with exit_on_error():
+        return run(args)
 
 
 if __name__ == "__main__":

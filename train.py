@@ -27,21 +27,18 @@ from engine import distributed
 from engine.checkpoint import (BackgroundWriter, CheckpointError, git_commit, host_copy, key_mismatch,
                                load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state, unwrap)
 from engine.device import prefetch
-from engine.rundir import OutDirError, claim_out_dir, remove_run_outputs
+from engine.errors import UserError, exit_on_error
+from engine.rundir import claim_out_dir, remove_run_outputs
 from engine.sampling import EpochStream, SeededSamples
-from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args, original_error
+from engine.tracking import Tracker, check_finite, format_args
 from evaluation.monitor import KnnMonitor, batch_health
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MFOModel
 from models.backbones import HIGH_STRIDE
 
 
-class CompileError(RuntimeError):
+class CompileError(UserError):
     """``--compile`` cannot run here (torch.compile failed to trace or to build the backbone)."""
-
-
-# errors a user can meet and fix: reported as one line `error: ...`, also when raised in another process
-USER_ERRORS = (NonFiniteLossError, CheckpointError, DataError, FrameDecodeError, OutDirError, CompileError)
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
 DEMO_DATA = Path("data/demo")
@@ -617,29 +614,18 @@ def main(argv=None) -> list[dict] | None:
     # one process owns --out_dir: this one, unless it is a torchrun rank or a spawn launcher on machine 1, 2, ...
     owner = os.environ.get("RANK", "0") == "0" and args.rank == 0
     lock = None
-    try:
-        if owner:
-            lock, notes = claim_out_dir(args.out_dir, resume=bool(args.resume), overwrite=args.overwrite)
-            for note in notes:
-                print(note, flush=True)
-        how = distributed.Launch(spawn=args.multiprocessing_distributed, nproc=args.nproc, nodes=args.world_size,
-                                 node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend)
-        return distributed.launch(main_worker, args, how)
-    except (*USER_ERRORS, RuntimeError, torch.multiprocessing.ProcessRaisedException) as e:
-        # an error of a loader worker or a spawned trainer arrives wrapped, its traceback as text
-        text = str(e)
-        if "Traceback (most recent call last)" in text:
-            message = original_error(e, tuple(error.__name__ for error in USER_ERRORS))
-        else:
-            message = text if isinstance(e, USER_ERRORS) else None
-        if message is not None:
-            raise SystemExit(f"error: {message}") from e
-        if isinstance(e, torch.multiprocessing.ProcessRaisedException):  # not a user error: its traceback says why
-            raise SystemExit(f"error in a worker process:\n{e}") from e
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
+    with exit_on_error():  # a user error, also one of a loader worker or a spawned trainer: one line, status 1
+        try:
+            if owner:
+                lock, notes = claim_out_dir(args.out_dir, resume=bool(args.resume), overwrite=args.overwrite)
+                for note in notes:
+                    print(note, flush=True)
+            how = distributed.Launch(spawn=args.multiprocessing_distributed, nproc=args.nproc, nodes=args.world_size,
+                                     node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend)
+            return distributed.launch(main_worker, args, how)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from datasets.frames import Box, decode_size, frame_size, iter_frames, read_fram
 from datasets.index import read_csv
 from datasets.transforms import crop_resize, normalize, sample_box, view_boxes
 
+UNLABELLED = -1  # the label of a video read with labelled=False from a path,frames CSV
+
 
 def window_starts(frames: int, span: int) -> list[int]:
     """Starts of the fewest evenly spaced windows of ``span`` frames covering ``frames`` frames
@@ -91,22 +93,28 @@ class ClipDataset(Dataset):
 
     ``num_classes`` (default: max label + 1) bounds the labels read; ``self.num_classes``
     holds it. Rows name frame folders or video files. A missing or broken frame raises
-    ``FrameDecodeError`` (``VideoDecodeError`` for a video file).
+    ``FrameDecodeError`` (``VideoDecodeError`` for a video file). ``labelled=False`` (test mode, for
+    featurising unlabelled videos) also reads ``path,frames`` CSVs, whose videos get the label
+    ``UNLABELLED`` (-1); ``self.num_classes`` is then 0 for them.
     """
 
     def __init__(self, csv_file, mode: str, seq: int = 16, img_dim: int = 112, *, stride: int = 1,
                  views: str = "center", num_classes: int | None = None,
                  crop_area: tuple[float, float] = (0.2, 1.0), test_crop: float = 0.875,
                  jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.3,
-                 flip_p: float = 0.5, lazy: bool = False):
+                 flip_p: float = 0.5, lazy: bool = False, labelled: bool = True):
         if mode not in ("train", "test"):
             raise ValueError(f"mode={mode!r}: expected 'train' or 'test'")
+        if not labelled and mode != "test":
+            raise ValueError("labelled=False is for test mode only: training needs labels")
         if seq < 1 or img_dim < 1 or stride < 1:
             raise ValueError(f"seq={seq}, img_dim={img_dim}, stride={stride}: all must be >= 1")
         view_boxes(1, 1, views, test_crop)  # validates views early
         self.mode, self.seq, self.img_dim, self.stride, self.views = mode, seq, img_dim, stride, views
         self.crop_area, self.test_crop, self.flip_p, self.lazy = crop_area, test_crop, flip_p, lazy
-        self.videos = read_csv(csv_file, require_labels=True, num_classes=num_classes)
+        self.videos = read_csv(csv_file, require_labels=labelled, num_classes=num_classes)
+        if not labelled:
+            self.videos = [v if v.label is not None else v._replace(label=UNLABELLED) for v in self.videos]
         self.num_classes = num_classes or max(video.label for video in self.videos) + 1
         self.color = v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p)
 

@@ -16,17 +16,18 @@ import os
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
 
+from engine.errors import UserError
 from engine.files import atomic_write
 
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file (CSV, split list, frame folder) is malformed; the message says where and why."""
 
 
-class FrameDecodeError(OSError):
+class FrameDecodeError(UserError, OSError):
     """A frame file is missing or cannot be decoded; ``.path`` names it. Its subclass
     ``datasets.videos.VideoDecodeError`` is raised for video files. (Defined here, beside
     ``DataError``, so that torch-free code can catch it; ``datasets.frames`` raises it.)"""
@@ -92,7 +93,8 @@ def read_csv(csv_file, require_labels: bool = False, num_classes: Optional[int] 
     base = csv_file.resolve().parent
     records = []
     width = None
-    with open(csv_file, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (Excel and Notepad write one) is not read as part of the first path
+    with open(csv_file, newline="", encoding="utf-8-sig") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
             if not row:  # blank line
                 continue

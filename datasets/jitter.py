@@ -1,6 +1,6 @@
 """Per-frame random gray, colour jitter and normalisation, compiled with Numba.
 
-What torchvision lacks (DESIGN.md §1): every frame of a clip gets its own gray draw and its own
+What torchvision lacks (docs/method.md §1): every frame of a clip gets its own gray draw and its own
 colour jitter. The ops are torchvision's, frame by frame (``adjust_brightness``,
 ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue`` on float images in [0, 1], each
 clamped, in the frame's own order), then ``normalize``. They are written as loops over the

@@ -1,4 +1,5 @@
-"""DataLoader settings for video clips: fork the workers, and keep freed memory in the loading process.
+"""DataLoader settings for video clips: fork the workers, keep freed memory in the loading process, and
+leave stop signals to the main process.
 
 **Fork.** A DataLoader starts its workers with the default start method of the process that builds
 it. In a plain process on Linux that is ``fork``: a worker is a copy of the trainer, ready at once.
@@ -26,6 +27,8 @@ import ctypes.util
 import multiprocessing
 import sys
 
+from engine.interrupt import ignore_stop_signals
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit systems (half its heap size)
 TRIM_THRESHOLD = 1 << 30
@@ -49,8 +52,11 @@ def keep_freed_memory() -> bool:
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders of video clips: ``keep_freed_memory`` in the worker."""
+    """``worker_init_fn`` for DataLoaders of video clips: ``keep_freed_memory`` in the worker, which also
+    ignores SIGINT and SIGTERM: its main process stops the run at a step boundary and ends the workers
+    (``engine.interrupt``)."""
     keep_freed_memory()
+    ignore_stop_signals()
 
 
 def worker_context():

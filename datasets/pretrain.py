@@ -1,4 +1,4 @@
-"""Pretraining samples (DESIGN.md §1): adjacent clips a, b and a global clip g of one video.
+"""Pretraining samples (docs/method.md §1): adjacent clips a, b and a global clip g of one video.
 
 Output of ``PretrainDataset[i]``: float ``[sample + 1, 3, seq, img_dim, img_dim]`` = clips
 (a, b, g) x (C, T, H, W), ImageNet-normalised. Randomness: rate and start per video; crop box

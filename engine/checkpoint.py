@@ -14,16 +14,17 @@ import subprocess
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from engine.errors import UserError
 from engine.files import atomic_write
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or of the wrong kind."""
 
 
@@ -160,6 +161,61 @@ def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | Non
     if not path.is_file():
         raise CheckpointError(f"--resume {resume}: no such file (use --resume auto to continue from --out_dir)")
     return path
+
+
+def _flag_value(value) -> str:
+    """A flag value as a command line would show it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == "" or value == [] or value == ():
+        return "(none)"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def changed_flags(saved: Mapping, current: Mapping, *, may_change: Iterable[str],
+                  defaults: Mapping | None = None) -> list[str]:
+    """The flags of ``current`` whose value differs from ``saved``, as ``--name old -> new``, sorted.
+
+    ``saved``: the flags a checkpoint recorded (``vars(args)`` of the run that wrote it); ``current``:
+    this run's. Flags in ``may_change`` are not compared. A flag the checkpoint lacks (it predates
+    the flag) is compared with ``defaults[name]``, the value that reproduces the older code's behaviour,
+    and not compared when ``defaults`` has none; a flag only the checkpoint has (since removed) is
+    ignored. Lists and tuples compare equal when their items do (JSON-like round trips)."""
+    keep = set(may_change)
+    defaults = defaults or {}
+    changed = []
+    for name in sorted(set(current) - keep):
+        if name in saved:
+            old = saved[name]
+        elif name in defaults:
+            old = defaults[name]
+        else:
+            continue
+        new = current[name]
+        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            differs = list(old) != list(new)
+        else:
+            differs = old != new or isinstance(old, bool) != isinstance(new, bool)
+        if differs:
+            changed.append(f"--{name} {_flag_value(old)} -> {_flag_value(new)}")
+    return changed
+
+
+def check_resume_flags(saved: Mapping, current: Mapping, *, may_change: Iterable[str], path: str | os.PathLike,
+                       defaults: Mapping | None = None) -> None:
+    """Refuse to resume the checkpoint at ``path`` with flags that change the computation.
+
+    Raises :class:`CheckpointError` in one line naming every changed flag with its old and new value
+    (see :func:`changed_flags` for ``saved``, ``current``, ``may_change`` and ``defaults``), and the
+    flags that may change."""
+    changed = changed_flags(saved, current, may_change=may_change, defaults=defaults)
+    if changed:
+        allowed = " ".join(f"--{name}" for name in sorted(may_change))
+        raise CheckpointError(f"--resume {path} was written with other flags: {', '.join(changed)}. A resume "
+                              f"keeps the flags of the run (only {allowed} may change); give the checkpoint's "
+                              "values, or start a new run in another --out_dir")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -7,15 +7,22 @@ the same shape to a gather (equal local batches, e.g. a DistributedSampler with
 """
 
 import os
+import pickle
 import random
+import signal
 import socket
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from engine.errors import Interrupted, UserError
+from engine.interrupt import GracefulStop
 
 
 def _distributed() -> bool:
@@ -152,14 +159,78 @@ class Launch:
     backend: str = "auto"
 
 
-def _spawned(local_rank: int, nprocs: int, worker: Callable, payload, how: Launch, url: str) -> None:
+def _spawned(local_rank: int, nprocs: int, worker: Callable, payload, how: Launch, url: str, reports: str) -> None:
+    """One spawned worker. Its user error or interruption is pickled into ``reports`` for the launcher,
+    which raises it again (a process boundary keeps only the traceback's text otherwise). An
+    interruption ends the process normally: ``mp.spawn`` would kill the other ranks (rank 0 while it
+    saves) on a non-zero exit; a user error ends it with status 1, so that the other ranks, which may
+    wait for this one in a collective, are stopped."""
     rank = how.node_rank * nprocs + local_rank
     world_size = how.nodes * nprocs
     dist.init_process_group(_backend(how.backend), init_method=url, world_size=world_size, rank=rank)
     try:
         worker(Context(rank, world_size, local_rank, _device(local_rank)), payload)
+    except Interrupted as e:
+        _report(reports, local_rank, e)
+    except UserError as e:
+        _report(reports, local_rank, e)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _report(reports: str, local_rank: int, error: BaseException) -> None:
+    with open(Path(reports) / f"{local_rank}.pickle", "wb") as f:
+        pickle.dump(error, f)
+
+
+def _reported(reports: str, first: int | None = None) -> BaseException | None:
+    """The error a spawned worker reported: worker ``first``'s when it reported one, else the lowest one's."""
+    files = sorted(Path(reports).glob("*.pickle"), key=lambda p: (int(p.stem) != first, int(p.stem)))
+    if not files:
+        return None
+    with open(files[0], "rb") as f:
+        return pickle.load(f)
+
+
+class _ForwardStop(GracefulStop):
+    """The launcher's handlers while its workers run: each SIGINT or SIGTERM it gets is passed on to them
+    as a SIGTERM, a stop request that a worker already stopping ignores (a terminal's Ctrl-C reaches
+    the workers directly, and a second SIGINT to them would stop them at once). A second SIGINT to the
+    launcher itself ends it at once (``KeyboardInterrupt``); its workers then get SIGINT from
+    ``mp.spawn``'s parent-death signal and stop at once too."""
+
+    def __init__(self, pids: list[int]):
+        super().__init__(notice=None)
+        self.pids = pids
+
+    def _handle(self, signum: int, frame) -> None:
+        super()._handle(signum, frame)
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:  # already ended
+                pass
+
+
+def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> None:
+    """``mp.spawn`` of ``nprocs`` workers that carries their user errors and interruptions back to here."""
+    with tempfile.TemporaryDirectory(prefix="mfo-launch-", ignore_cleanup_errors=True) as reports:
+        context = mp.start_processes(_spawned, args=(nprocs, worker, payload, how, url, reports), nprocs=nprocs,
+                                     join=False, start_method="spawn")
+        with _ForwardStop(context.pids()) as forward:
+            try:
+                while not context.join(timeout=1.0):  # wake up each second: a signal's handler runs here
+                    pass
+            except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+                reported = _reported(reports, first=e.error_index)
+                if isinstance(reported, UserError):
+                    raise reported from None
+                raise
+        reported = _reported(reports, first=0)
+        if isinstance(reported, Interrupted):
+            # the launcher's own signal, when it got one, is the one the user sent (its workers get SIGTERM)
+            raise Interrupted(str(reported), forward.received or reported.signum) from None
 
 
 def launch(worker: Callable, payload, how: Launch = Launch()):
@@ -168,6 +239,11 @@ def launch(worker: Callable, payload, how: Launch = Launch()):
     Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) the process group comes from the environment;
     with ``how.spawn`` the workers are spawned here; otherwise one plain process runs the worker.
     ``payload`` (picklable: it travels to spawned workers) is passed through untouched.
+
+    Spawned workers: a :class:`~engine.errors.UserError` one of them raises is raised here again, as
+    the same type with the same message; an :class:`~engine.errors.Interrupted` that ends them (every
+    rank raises it at the same step, see ``engine.interrupt``) is raised here with rank 0's line. While
+    they run, a SIGINT or SIGTERM sent to this process is passed on to them (see :class:`_ForwardStop`).
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -180,11 +256,11 @@ def launch(worker: Callable, payload, how: Launch = Launch()):
         nprocs = torch.cuda.device_count() or how.nproc
         if how.dist_url == "auto":
             if how.nodes > 1:
-                raise SystemExit("--world-size > 1 needs --dist-url tcp://HOST:PORT of the first machine")
+                raise UserError("--world-size > 1 needs --dist-url tcp://HOST:PORT of the first machine")
             url = f"tcp://127.0.0.1:{find_free_port()}"
         else:
             url = how.dist_url
-        mp.spawn(_spawned, args=(nprocs, worker, payload, how, url), nprocs=nprocs, join=True)
+        _spawn(worker, payload, how, nprocs, url)
         return None
     return worker(Context(0, 1, 0, _device(0)), payload)
 

@@ -23,6 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from engine.errors import UserError
+
+
+class UnreadableSamplesError(UserError, RuntimeError):
+    """Too many samples in a row could not be loaded: the data, not the code, needs fixing."""
+
 
 class ResumableSampler(DistributedSampler):
     """DistributedSampler yielding ``(epoch, index)`` and skipping the first ``skip`` samples of an epoch.
@@ -144,8 +150,9 @@ class SeededSamples(Dataset):
                     raise
                 index = (index + 1 + picker.randrange(len(self.dataset) - 1)) % len(self.dataset)  # another video
                 seed = sample_seed(self.seed, epoch, index)
-        raise RuntimeError(f"{self.max_tries} samples in a row could not be loaded; last one: index {index}. "
-                           "Check the data (see the messages above) or pass --strict_data to stop at the first.")
+        raise UnreadableSamplesError(f"{self.max_tries} samples in a row could not be loaded; last one: index "
+                                     f"{index}. Check the data (see the messages above) or pass --strict_data to "
+                                     "stop at the first.")
 
     def _report(self, error: Exception) -> None:
         where = str(getattr(error, "path", error))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -16,10 +15,11 @@ from typing import Mapping
 import torch
 from tqdm import tqdm
 
+from engine.errors import UserError
 from engine.files import atomic_write
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Raised when a training loss becomes NaN or infinite."""
 
 
@@ -40,26 +40,6 @@ def check_finite(loss: float | torch.Tensor, terms: dict, step: int) -> None:
     raise NonFiniteLossError(
         f"non-finite loss {loss} at global step {step} (terms: {detail}). "
         "The last good checkpoint is kept; lower --lr or try without --amp, then --resume.")
-
-
-def original_error(error: BaseException, names: tuple[str, ...]) -> str | None:
-    """The message of the exception that another process raised, when its class is one of ``names``.
-
-    A DataLoader worker's exception reaches the main process re-raised as a new one (often a
-    ``RuntimeError``) whose text is "Caught X in DataLoader worker process N" plus the original
-    traceback; a spawned trainer's arrives as ``ProcessRaisedException`` holding the traceback. In
-    both the traceback ends with the line ``module.X: message``: return that message (from the
-    last such line, so a worker error inside a spawned trainer is found too), or None when the
-    original exception is of another class (a bug, whose traceback the caller should show).
-    """
-    pattern = re.compile(r"^(?:[A-Za-z_][\w]*\.)*(" + "|".join(map(re.escape, names)) + r"): (.*)$")
-    for line in reversed(str(error).splitlines()):
-        match = pattern.match(line)
-        if match:
-            return match.group(2)
-        if line.startswith("Traceback (most recent call last)"):
-            return None  # the last exception of the text is of another class
-    return None
 
 
 class Tracker:

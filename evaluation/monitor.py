@@ -169,14 +169,14 @@ def video_identity(backbone: nn.Module, csv_file, *, seq: int, img_dim: int, bat
     each clip is its first frame repeated (``datasets.CentreClipDataset(static=True)``): no motion,
     only what the video looks like. One process; the backbone is left in the mode it was in.
     A video with fewer than ``2 * seq`` frames is an error (its two clips would overlap)."""
-    from datasets import CentreClipDataset
+    from datasets import CentreClipDataset, DataError
 
     sets = [CentreClipDataset(csv_file, seq=seq, img_dim=img_dim, window=window, static=static)
             for window in ("first", "last")]
     short = [video for video in sets[0].videos if video.frames < 2 * seq]
     if short:
-        raise ValueError(f"{short[0].path}: {short[0].frames} frames, fewer than 2 x seq = {2 * seq}, so its first and "
-                         f"last clips overlap ({len(short)} such videos in {csv_file}); use a smaller seq")
+        raise DataError(f"{short[0].path}: {short[0].frames} frames, fewer than 2 x seq = {2 * seq}, so its first and "
+                        f"last clips overlap ({len(short)} such videos in {csv_file}); use a smaller seq")
     was_training = backbone.training
     backbone.eval()
     try:

@@ -17,7 +17,7 @@ def read_class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
     Raises ``DataError`` when the file cannot be read or holds another number of names."""
     path = Path(path)
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except OSError as e:
         raise DataError(f"--class_names {path}: cannot read it ({e})") from e
     names = [line.split(maxsplit=1)[1] if line.split()[0].isdigit() and len(line.split()) > 1 else line

@@ -9,9 +9,15 @@ the result never depends on the sort implementation.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from engine.tracking import Tracker
+from evaluation.protocol import Protocol
+from evaluation.report import write_json
 
 RECALL_KS = (1, 5, 10, 20, 50)
 
@@ -65,3 +71,23 @@ def format_recall_table(recalls: dict[str, float]) -> str:
     values = [f"{100 * v:.2f}" for v in recalls.values()]
     widths = [max(len(n), len(v)) for n, v in zip(names, values)]
     return "\n".join(["  ".join(s.rjust(w) for s, w in zip(row, widths)) for row in (names, values)])
+
+
+def retrieval_report(cfg: Protocol, features: dict[str, dict[str, Tensor]], tracker: Tracker, gallery: str) -> dict:
+    """Test videos query train videos (``features`` of ``evaluation.features.cached_features``); print the
+    recalls and write them to ``cfg.out_dir/results.json``; return them.
+
+    ``gallery``: ``'video'`` (each train video: the mean of its clips) or ``'one_clip'`` (one random clip,
+    drawn with ``cfg.seed``)."""
+    train, test = features["train"], features["test"]
+    if gallery == "video":
+        keys = video_means(train["feats"], train["counts"])  # [G,C]
+    else:
+        keys = one_clip_per_video(train["feats"], train["counts"], torch.Generator().manual_seed(cfg.seed))
+    recalls = recall_at_k(video_means(test["feats"], test["counts"]), test["labels"], keys, train["labels"])
+    tracker.print(f"retrieval of {len(test['labels'])} test videos among {len(train['labels'])} train videos "
+                  f"(recall, %):\n{format_recall_table(recalls)}")
+    write_json({**recalls, "gallery": gallery, "test_videos": len(test["labels"]),
+                "train_videos": len(train["labels"]), "checkpoint": cfg.checkpoint_name, "args": dict(cfg.flags)},
+               Path(cfg.out_dir) / "results.json")
+    return recalls

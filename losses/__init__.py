@@ -1,4 +1,4 @@
-"""MFO losses (DESIGN §3). Each takes the local batch and gathers across workers itself."""
+"""MFO losses (docs/method.md §3). Each takes the local batch and gathers across workers itself."""
 
 from .alignment import temporal_alignment
 from .contrast import instance_contrast, motion_contrast

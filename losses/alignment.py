@@ -1,4 +1,4 @@
-"""Temporal alignment L_align (DESIGN §3): fine steps of clips a|b against the global clip g."""
+"""Temporal alignment L_align (docs/method.md §3): fine steps of clips a|b against the global clip g."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Instance and motion contrast (DESIGN §3, MFO: Qian et al., ICCV 2021) over the global batch.
+"""Instance and motion contrast (docs/method.md §3, MFO: Qian et al., ICCV 2021) over the global batch.
 
 Both losses are multi-positive InfoNCE on clips a and b of each video, written as masked
 log-sum-exps of one [2B, 2B] similarity matrix (no [2B, 2B, C] pool of negatives).

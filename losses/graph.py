@@ -1,4 +1,4 @@
-"""Graph constraint (DESIGN §3): semantic neighbours inferred from L_inst and the prototypes."""
+"""Graph constraint (docs/method.md §3): semantic neighbours inferred from L_inst and the prototypes."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Prototype swap (DESIGN §3, SwAV-style): Sinkhorn codes, swapped prediction, FIFO bank."""
+"""Prototype swap (docs/method.md §3, SwAV-style): Sinkhorn codes, swapped prediction, FIFO bank."""
 
 import torch
 import torch.nn as nn

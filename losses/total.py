@@ -1,4 +1,4 @@
-"""The full MFO objective (DESIGN §3 "Total") from the model output dict, with every term switchable."""
+"""The full MFO objective (docs/method.md §3, "Total") from the model output dict, with every term switchable."""
 
 from dataclasses import dataclass
 

@@ -47,6 +47,31 @@ class StemConv3d(nn.Conv3d):
         return F.conv3d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+def temporal_steps(arch: str, seq: int) -> tuple[int, int, int]:
+    """Time steps of the (low, mid, high) maps for clips of ``seq`` frames.
+
+    Each of the ResNets' layers 2-4 halves time with a kernel-3, padding-1, stride-2 convolution:
+    ``ceil(t / 2)``. S3D halves it in its stem convolution and in the pooling before Mixed_4b (both
+    rounding up), then pools kernel 2, stride 2, without padding, before Mixed_5b: ``floor(t / 2)``,
+    which leaves no step (an error) below 2 mid steps."""
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown backbone {arch!r}: choose one of {', '.join(BACKBONES)}")
+    low = -(-seq // 2)
+    mid = -(-low // 2)
+    high = mid // 2 if arch == "s3d" else -(-mid // 2)
+    return low, mid, high
+
+
+def min_seq(arch: str, steps: tuple[int, int, int] = (1, 1, 1)) -> int:
+    """The fewest frames per clip for which ``arch``'s (low, mid, high) maps have at least ``steps`` time
+    steps each; the default, one step per map, is what the backbone itself needs to run (1 for the
+    ResNets, 5 for S3D)."""
+    seq = 1
+    while any(have < need for have, need in zip(temporal_steps(arch, seq), steps)):
+        seq += 1
+    return seq
+
+
 class HaraStem(nn.Sequential):
     """3D-ResNets stem: conv 7x7x7 stride (1,2,2) -> BN -> ReLU -> max-pool (1,3,3) stride (1,2,2)."""
 

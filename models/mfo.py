@@ -1,6 +1,6 @@
 """The multi-level MFO model: backbone, feature-level reversal, motion excitation, heads, prototypes.
 
-See DESIGN.md §2. The model returns embeddings only (never a loss); L2 normalisation of the
+See docs/method.md §2. The model returns embeddings only (never a loss); L2 normalisation of the
 contrast, graph and fine embeddings is left to the losses.
 """
 from __future__ import annotations
@@ -17,6 +17,9 @@ from models.temporal import MotionExcitation, pool_time
 # time bins of the pooled low / mid / high maps: T/2, T/4, T/8 at the paper's 16 frames
 LOW_STEPS, MID_STEPS, HIGH_STEPS = 8, 4, 2
 PAPER_SEQ = 16
+# least time steps of the (low, mid, high) maps the model runs on: motion excitation (on low and mid)
+# compares each step with the next; min_seq(arch, MOTION_STEPS) frames give them (5 for every backbone)
+MOTION_STEPS = (2, 2, 1)
 
 
 def projection(in_channels: int, out_channels: int) -> nn.Sequential:

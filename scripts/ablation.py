@@ -68,6 +68,7 @@ import train
 from datasets import read_csv
 from datasets.motion_demo import make_motion_data
 from engine.checkpoint import load_backbone
+from engine.errors import UserError, exit_on_error
 from engine.files import atomic_write
 from engine.rundir import TEMPORARY
 from evaluation.monitor import KnnMonitor, video_identity
@@ -91,7 +92,7 @@ TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 STOP_GRACE_S = 30  # seconds train.py gets to end after SIGTERM before SIGKILL
 
 
-class AblationError(RuntimeError):
+class AblationError(UserError):
     """A grid that cannot go on (a pretraining that failed or finished no epoch): one line for the user."""
 
 
@@ -160,9 +161,10 @@ def shared_flags(args: argparse.Namespace, ckpt: Path | None, seed: int, data: P
 def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, cell: Path) -> dict[str, float]:
     """The metrics of one backbone (``ckpt`` None: a random initialisation seeded by ``seed``)."""
     classes = len((data / "classes.txt").read_text().split())
+    # --overwrite: a cell scored again (its scoring was interrupted) probes again, from the cached features
     probe = eval_linear.main([*shared_flags(args, ckpt, seed, data, cell / "probe"), "--features",
                               "--num_classes", str(classes), "--epochs", str(args.probe_epochs), "--schedule",
-                              "--batch_size", "64"])
+                              "--batch_size", "64", "--overwrite"])
     order = temporal_cam.main([*shared_flags(args, ckpt, seed, data, cell / "order"), "--epochs",
                                str(args.order_epochs), "--batch_size", "16", "--num_videos", "0"])
     backbone = load(ckpt, seed)
@@ -426,11 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for k, (variant, seed) in enumerate(cells):
         print(f"[ablation] cell {k + 1}/{len(cells)}: {variant}, seed {seed}", flush=True)
-        try:
+        with exit_on_error():  # a cell that cannot go on ends the grid: one line, status 1
             results.append(run_cell(args, variant, seed, data))
-        except AblationError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
         r = {"steps": math.nan, **{m: math.nan for m in METRICS}, **results[-1]}  # nan: scored before it existed
         print(f"[ablation] {variant} seed {seed} ({r['steps']} steps): probe {100 * r['probe']:.1f}%, "
               f"standardised logistic probe {100 * r['probe_lr']:.1f}%, kNN {100 * r['knn']:.1f}% "

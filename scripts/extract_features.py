@@ -11,7 +11,7 @@ Output: one file written with ``torch.save`` (load it with ``torch.load(path, we
 holding a dict:
 
     paths          list[str], V video paths as resolved from the CSV, in CSV order
-    labels         int64 [V], the CSV's labels
+    labels         int64 [V], the CSV's labels; -1 for every video of a path,frames CSV (no labels)
     features       float32 [V, C], the mean over each video's clips of their pooled features
     clip_features  float32 [M, C], every clip's pooled feature (only with --per_clip):
                    video 0's clips first (window-major, then view), then video 1's, ...
@@ -31,12 +31,16 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch
 
-from datasets import DataError, FrameDecodeError, read_csv
-from engine.checkpoint import CheckpointError, load_backbone, save_checkpoint
+from datasets import read_csv
+from engine.checkpoint import load_backbone, save_checkpoint
+from engine.errors import exit_on_error
+from engine.interrupt import GracefulStop
+from engine.rundir import OutDirError, check_out_dir
 from engine.tracking import Tracker
-from evaluation.protocol import VIEWS, Protocol, device
 from evaluation.features import video_set_features
-from models import BACKBONES, VideoClassifier
+from evaluation.loop import device
+from evaluation.protocol import VIEWS, Protocol
+from models import BACKBONES, VideoClassifier, min_seq
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,10 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrained", required=True, metavar="CKPT",
                    help="checkpoint whose backbone extracts the features (a train.py checkpoint, or any state "
                         "dict with backbone.* keys)")
-    p.add_argument("--csv", required=True, help="CSV of videos: path,frames,label (no header)")
+    p.add_argument("--csv", required=True,
+                   help="CSV of videos: path,frames,label or, for unlabelled videos, path,frames (no header)")
     p.add_argument("--out", required=True, help="output file (.pt), written atomically")
     p.add_argument("--arch", choices=BACKBONES, default="r3d18", help="backbone (default: r3d18)")
-    p.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
+    p.add_argument("--seq", type=int, default=16,
+                   help="frames per clip; at least what the backbone's temporal strides need (1, 5 for s3d) "
+                        "(default: 16)")
     p.add_argument("--img_dim", type=int, default=112, help="clip height and width in pixels (default: 112)")
     p.add_argument("--views", choices=VIEWS, default="center",
                    help="spatial crops per window: centre, 5 or 10 (with flips) (default: center)")
@@ -60,23 +67,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.workers < 0:
         p.error(f"--workers must be >= 0, got {args.workers}")
+    if args.seq < min_seq(args.arch):
+        p.error(f"--seq {args.seq}: {args.arch} needs at least {min_seq(args.arch)} frames per clip (its temporal "
+                "strides leave no time step below that)")
     return args
 
 
-def extract(args: argparse.Namespace) -> dict:
-    """The output dict (see the module docstring); nothing is written."""
-    videos = read_csv(args.csv, require_labels=True)
-    if not videos:
-        raise DataError(f"{args.csv}: no videos")
+def extract(args: argparse.Namespace, stop: GracefulStop | None = None) -> dict:
+    """The output dict (see the module docstring); nothing is written. ``stop``: see
+    ``evaluation.features.extract_features``."""
+    videos = read_csv(args.csv)
+    labelled = videos[0].label is not None  # every row has the first row's columns
     cfg = Protocol(train_csv=args.csv, test_csv=args.csv, out_dir=str(Path(args.out).parent), arch=args.arch,
-                   num_classes=max(v.label for v in videos) + 1, seq=args.seq, img_dim=args.img_dim,
-                   test_views=args.views, workers=args.workers, batch_size=args.batch_size)
+                   num_classes=max(v.label for v in videos) + 1 if labelled else 1, seq=args.seq,
+                   img_dim=args.img_dim, test_views=args.views, workers=args.workers, batch_size=args.batch_size)
     model = VideoClassifier(args.arch, cfg.classes)
     tracker = Tracker(cfg.out_dir, tensorboard=False)  # progress bars only
     tracker.print(load_backbone(model.backbone, args.pretrained)["summary"])
     dev = device()
     model.to(dev)
-    out = video_set_features(model, args.csv, cfg, dev, tracker, desc="features")
+    out = video_set_features(model, args.csv, cfg, dev, tracker, desc="features", labelled=labelled, stop=stop)
     feats, counts = out["feats"], out["counts"]  # [M,C], [V]
     result = {
         "paths": [str(v.path) for v in videos], "labels": out["labels"],
@@ -90,13 +100,17 @@ def extract(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: a bad checkpoint, CSV, frame or ``--out`` ends in one ``error: ...`` line and status 1,
+    and nothing is written; SIGINT / SIGTERM stop after the current batch of videos (status 130 / 143)."""
     args = parse_args(argv)
-    try:
-        result = extract(args)
+    with exit_on_error():
+        if Path(args.out).is_dir():
+            raise OutDirError(f"--out {args.out} is a folder; give the file to write, "
+                              f"e.g. {Path(args.out) / 'features.pt'}")
+        check_out_dir(Path(args.out).parent, flag="--out's folder")
+        with GracefulStop() as stop:
+            result = extract(args, stop)
         save_checkpoint(result, args.out)
-    except (CheckpointError, DataError, FrameDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     v, c = result["features"].shape
     print(f"features of {v} videos ({c} wide{', per clip too' if args.per_clip else ''}) -> {args.out}")
     return 0

@@ -1,4 +1,4 @@
-"""Write the CSV indexes of extracted frame folders or of video files (DESIGN.md §1, §8).
+"""Write the CSV indexes of extracted frame folders or of video files (README: "Data preparation").
 
   frames  --root FRAMES --out FILE [--labels]   one row per FRAMES/<class>/<video>/ folder:
           path,frames (path,frames,label with --labels; label = class folder's sorted index)
@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 from tqdm import tqdm
 
 from datasets.index import VIDEO_EXTENSIONS, DataError, VideoRecord, count_frames, find_videos, write_csv
+from engine.errors import exit_on_error
 
 _HMDB_FILE = re.compile(r"^(?P<name>.+)_test_split(?P<split>\d+)\.txt$")
 
@@ -261,28 +262,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The command line: 0 when every video is indexed, 1 when unreadable videos were left out of the CSV
+    (listed), and a mistake to fix (no such folder, a bad split list) one ``error: ...`` line and status 2."""
     args = parse_args(argv)
+    with exit_on_error(status=2):
+        return index(args)
+
+
+def index(args: argparse.Namespace) -> int:
+    """What the command line does; a mistake to fix raises ``DataError``. Returns the exit status."""
     if not args.root.is_dir():
         advice = "pass the folder holding <class>/ folders of videos" if args.command == "videos" else \
             "run scripts/extract_frames.py first, or pass the video folder"
-        print(f"error: {args.root}: no such folder; {advice}", file=sys.stderr)
-        return 2
+        raise DataError(f"{args.root}: no such folder; {advice}")
     failures = []
-    try:
-        if args.command == "frames":
-            rows = frames_csv(args.root, args.out, args.labels)
-            print(f"{args.out}: {rows} videos")
-        elif args.command == "videos":
-            rows, failures = videos_csv(args.root, args.out, args.labels, args.workers)
-            print(f"{args.out}: {rows} videos")
-        else:
-            counts, failures = split_csvs(args.command, args.root, args.splits, args.split, args.out_dir,
-                                          args.videos, args.workers)
-            print(f"{args.out_dir}: {args.command} split {args.split}: {counts['train']} train, "
-                  f"{counts['test']} test videos")
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "frames":
+        rows = frames_csv(args.root, args.out, args.labels)
+        print(f"{args.out}: {rows} videos")
+    elif args.command == "videos":
+        rows, failures = videos_csv(args.root, args.out, args.labels, args.workers)
+        print(f"{args.out}: {rows} videos")
+    else:
+        counts, failures = split_csvs(args.command, args.root, args.splits, args.split, args.out_dir,
+                                      args.videos, args.workers)
+        print(f"{args.out_dir}: {args.command} split {args.split}: {counts['train']} train, "
+              f"{counts['test']} test videos")
     for video, reason in failures:
         print(f"failed: {video}: {reason}", file=sys.stderr)
     if failures:

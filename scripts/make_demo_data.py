@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from datasets.demo import CLASSES, make_demo_data
 from datasets.motion_demo import make_motion_data
+from engine.errors import UserError, exit_on_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,23 +52,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The command line: 0 when the data is there; a mistake to fix one ``error: ...`` line and status 2."""
     args = parse_args(argv)
-    existed = args.out.exists()
-    if existed and args.kind == "motion" and (args.out / "SHARED_APPEARANCE").exists() != args.shared_appearance:
-        built = "the benchmark" if args.shared_appearance else "the shared-appearance control"
-        print(f"error: {args.out} already holds {built}, not what was asked for: give another --out", file=sys.stderr)
-        return 2
-    try:
-        if args.kind == "shapes":
-            out = make_demo_data(args.out, args.videos, args.frames, args.seed)
-        else:
-            out = make_motion_data(args.out, seed=args.seed, size=args.size, frames=args.frames,
-                                   n_pretrain=args.n_pretrain, n_train=args.n_train, n_test=args.n_test,
-                                   classes=args.classes, shared_appearance=args.shared_appearance,
-                                   workers=args.workers)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with exit_on_error(status=2):
+        existed = args.out.exists()
+        if existed and args.kind == "motion" and (args.out / "SHARED_APPEARANCE").exists() != args.shared_appearance:
+            built = "the benchmark" if args.shared_appearance else "the shared-appearance control"
+            raise UserError(f"{args.out} already holds {built}, not what was asked for: give another --out")
+        try:
+            if args.kind == "shapes":
+                out = make_demo_data(args.out, args.videos, args.frames, args.seed)
+            else:
+                out = make_motion_data(args.out, seed=args.seed, size=args.size, frames=args.frames,
+                                       n_pretrain=args.n_pretrain, n_train=args.n_train, n_test=args.n_test,
+                                       classes=args.classes, shared_appearance=args.shared_appearance,
+                                       workers=args.workers)
+        except ValueError as error:  # the sizes asked for on the command line cannot be built
+            raise UserError(str(error)) from error
     print(f"{out}: {'already there, left as is' if existed else 'built'} "
           f"({out / 'pretrain.csv'}, {out / 'train.csv'}, {out / 'test.csv'})")
     return 0

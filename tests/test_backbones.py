@@ -1,11 +1,11 @@
-"""Tests of models/backbones.py: registry, the paper's R3D-18, feature shapes of all backbones."""
+"""Tests of models/backbones.py: registry, the paper's R3D-18, feature shapes of all backbones, the shortest clips."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from models import BACKBONES, build_backbone
+from models import BACKBONES, MOTION_STEPS, MFOModel, build_backbone, min_seq, temporal_steps
 from models.backbones import HIGH_STRIDE
 
 
@@ -128,3 +128,32 @@ def test_stem_pads_channels_last_inputs_to_8_channels_with_the_same_result(monke
     assert torch.allclose(got, want, atol=1e-5) and torch.allclose(plain, want, atol=1e-5)
     assert stem.weight.shape == (8, 3, 3, 3, 3) and torch.allclose(grad_got, grad_want, atol=1e-4)
     assert isinstance(build_backbone("r3d18").stem[0], backbones.StemConv3d)
+
+
+@pytest.mark.parametrize("arch", BACKBONES)
+def test_temporal_steps_and_min_seq_match_what_the_backbone_does(arch):
+    torch.manual_seed(0)
+    backbone = build_backbone(arch).eval()
+    side = 2 * HIGH_STRIDE[arch]
+    least = min_seq(arch)
+    assert least == {"r3d18": 1, "r2plus1d18": 1, "s3d": 5}[arch]
+    with torch.no_grad():
+        for seq in (least, least + 1, least + 4, 16):
+            maps = backbone(torch.randn(1, 3, seq, side, side))
+            assert tuple(m.shape[2] for m in maps) == temporal_steps(arch, seq)
+        if least > 1:
+            with pytest.raises(RuntimeError):
+                backbone(torch.randn(1, 3, least - 1, side, side))
+
+
+@pytest.mark.parametrize("arch", BACKBONES)
+def test_the_mfo_model_needs_two_mid_steps(arch):
+    torch.manual_seed(0)
+    least = min_seq(arch, MOTION_STEPS)
+    assert least == 5
+    model = MFOModel(arch, channel=8, cluster=4).eval()
+    side = 2 * HIGH_STRIDE[arch]
+    with torch.no_grad(), pytest.warns(UserWarning):
+        model(torch.randn(2, 3, 3, least, side, side))
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 3, 3, least - 1, side, side))

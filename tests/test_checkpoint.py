@@ -176,3 +176,26 @@ def test_background_writer_writes_in_order_and_raises_a_failed_write_later(tmp_p
     writer.submit(fail)
     with pytest.raises(OSError, match="disk full"):
         writer.close()
+
+
+def test_changed_flags_names_each_flag_old_and_new():
+    saved = {"lr": 0.1, "epochs": 3, "schedule": [60, 80], "features": False, "dataset": None, "out_dir": "a"}
+    current = {"lr": 0.01, "epochs": 5, "schedule": (60, 80), "features": True, "dataset": "ucf101", "out_dir": "b",
+               "overwrite": False, "gallery": "one_clip"}
+    assert checkpoint.changed_flags(saved, current, may_change=("epochs", "out_dir", "overwrite"),
+                                    defaults={"gallery": "video"}) == [
+        "--dataset (none) -> ucf101", "--features off -> on", "--gallery video -> one_clip", "--lr 0.1 -> 0.01"]
+    # a flag the checkpoint predates, without a known default, cannot be compared; a removed flag is ignored
+    assert checkpoint.changed_flags({"lr": 0.1, "old_flag": 1}, {"lr": 0.1, "new_flag": 2}, may_change=()) == []
+    assert checkpoint.changed_flags({"n": 1}, {"n": True}, may_change=()) == ["--n 1 -> on"]
+
+
+def test_check_resume_flags_refuses_in_one_line(tmp_path):
+    checkpoint.check_resume_flags({"lr": 0.1, "epochs": 3}, {"lr": 0.1, "epochs": 9}, may_change=("epochs",),
+                                  path=tmp_path / "last.pth")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.check_resume_flags({"lr": 0.1, "seq": 16, "epochs": 3}, {"lr": 0.2, "seq": 8, "epochs": 3},
+                                      may_change=("epochs", "workers"), path=tmp_path / "last.pth")
+    assert str(info.value) == (f"--resume {tmp_path / 'last.pth'} was written with other flags: --lr 0.1 -> 0.2, "
+                               "--seq 16 -> 8. A resume keeps the flags of the run (only --epochs --workers may "
+                               "change); give the checkpoint's values, or start a new run in another --out_dir")

@@ -1,13 +1,23 @@
-"""Tests of engine.distributed: rank helpers and the two gathers, alone and on 2 gloo workers."""
+"""Tests of engine.distributed: rank helpers and the two gathers, alone and on 2 gloo workers; the spawn launcher
+carries user errors and interruptions back."""
 
+import re
+import signal
 import socket
+import threading
+import time
+from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.distributed import (all_gather_no_grad, all_gather_with_grad, find_free_port, get_rank,
-                                get_world_size, is_main_process)
+from datasets.index import DataError
+from engine.distributed import (Launch, all_gather_no_grad, all_gather_with_grad, find_free_port, get_rank,
+                                get_world_size, is_main_process, launch)
+from engine.errors import Interrupted
+from engine.interrupt import GracefulStop
 from tests.two_workers import run_on_two_workers, seeded_batch_and_layer
 
 WORLD, LOCAL, DIM = 2, 3, 4
@@ -78,3 +88,38 @@ def test_two_gloo_workers(tmp_path):
         torch.testing.assert_close(got["loss"], single.detach())
         torch.testing.assert_close(got["weight_grad"], layer.weight.grad)
         torch.testing.assert_close(got["bias_grad"], layer.bias.grad)
+
+
+def _user_error_on_rank_1(ctx, csv_name: str) -> None:
+    if ctx.rank == 1:
+        raise DataError(f"{csv_name}: no rows; build it with scripts/make_csv.py")
+    dist.barrier()  # rank 0 waits for the failing rank in a collective, as a trainer would
+
+
+def test_a_spawned_workers_user_error_arrives_as_its_type():
+    with pytest.raises(DataError) as info:
+        launch(_user_error_on_rank_1, "x.csv", Launch(spawn=True, nproc=2))
+    assert str(info.value) == "x.csv: no rows; build it with scripts/make_csv.py"
+
+
+def _steps_until_stopped(ctx, ready_dir: str) -> None:
+    with GracefulStop(notice=None) as stop:
+        (Path(ready_dir) / str(ctx.rank)).touch()
+        for step in range(1, 100_000):
+            time.sleep(0.01)
+            dist.all_reduce(torch.ones(1))
+            if stop.should_stop():
+                raise stop.interrupted(f"interrupted at step {step}" if ctx.is_main else "")
+
+
+def test_a_sigterm_to_the_launcher_stops_every_worker_at_one_step(tmp_path):
+    def signal_when_ready():
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    threading.Thread(target=signal_when_ready, daemon=True).start()
+    with pytest.raises(Interrupted) as info:
+        launch(_steps_until_stopped, str(tmp_path), Launch(spawn=True, nproc=2))
+    assert info.value.status == 143 and re.fullmatch(r"interrupted at step \d+", str(info.value))

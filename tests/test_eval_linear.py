@@ -113,7 +113,9 @@ def test_retrieval_end_to_end(demo, features_run, tmp_path):
     assert saved["recall@50"] == 1.0  # the whole gallery holds every test class
     assert saved["gallery"] == "video" and saved["checkpoint"] == str(demo["ckpt"])
 
-    one_clip = eval_linear.main(cli(demo, tmp_path, "--retrieval", "--gallery", "one_clip"))
+    with pytest.raises(SystemExit, match=r"^error: --out_dir \S+ already holds a run \(results.json, tensorboard\)"):
+        eval_linear.main(cli(demo, tmp_path, "--retrieval", "--gallery", "one_clip"))  # one run per folder
+    one_clip = eval_linear.main(cli(demo, tmp_path, "--retrieval", "--gallery", "one_clip", "--overwrite"))
     assert json.loads((tmp_path / "results.json").read_text())["gallery"] == "one_clip"
     assert one_clip["recall@50"] == 1.0
     assert len(list(tmp_path.glob("features_*.pt"))) == 1  # the same features serve both galleries
@@ -145,7 +147,8 @@ def replace_flag(args, flag, value):
     return args
 
 
-@pytest.mark.parametrize("case", ["two_columns", "empty_test", "missing_ckpt", "garbage_ckpt", "wrong_dataset"])
+@pytest.mark.parametrize("case", ["two_columns", "empty_test", "missing_ckpt", "garbage_ckpt", "wrong_dataset",
+                                  "out_dir_is_a_file"])
 def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(demo, tmp_path, case):
     out = tmp_path / "out"
     args = cli(demo, out, "--epochs", "1")
@@ -161,9 +164,12 @@ def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(demo, tmp_path, case
     elif case == "garbage_ckpt":
         (tmp_path / "garbage.pth").write_bytes(bytes(range(256)) * 64)
         args, expected = replace_flag(args, "--pretrained", tmp_path / "garbage.pth"), "cannot read checkpoint"
-    else:
+    elif case == "wrong_dataset":
         args, expected = replace_flag(args, "--num_classes", 0) + ["--dataset", "hmdb51"], "--dataset hmdb51 means 51"
         args[args.index("--class_names"):args.index("--class_names") + 2] = []
+    else:
+        (tmp_path / "a_file").write_text("not a folder")
+        args, expected = replace_flag(args, "--out_dir", tmp_path / "a_file"), "a_file is a file, not a folder"
     with pytest.raises(SystemExit) as stop:
         eval_linear.main(args)
     assert str(stop.value).startswith("error: ") and expected in str(stop.value)
@@ -194,6 +200,8 @@ def test_classes_come_from_the_labels(demo, tmp_path):
     (["--val_fraction", "1.5"], "--val_fraction must be in"),
     (["--features", "--retrieval"], "drop --features"),
     (["--schedule", "80", "60"], "increasing"),
+    (["--retrieval", "--resume", "auto"], "nothing to resume"),
+    (["--momentum", "-0.5"], "--momentum must be >= 0"),
 ])
 def test_bad_arguments_stop_with_a_message(demo, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):

@@ -69,16 +69,41 @@ def test_without_per_clip_only_video_features(data, tmp_path):
     assert "clip_features" not in saved and saved["features"].shape == (3, 512)
 
 
-def test_bad_checkpoint_or_csv_is_one_line_and_writes_nothing(data, tmp_path, capsys):
+def error_of(argv) -> str:
+    """The one line ``main`` ends with (Python prints it on stderr, status 1)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    line = str(info.value.code)
+    assert line.startswith("error: ") and "\n" not in line, line
+    return line
+
+
+def test_bad_checkpoint_csv_or_out_is_one_line_and_writes_nothing(data, tmp_path):
     csv_file, ckpt, _ = data
     out = tmp_path / "feats.pt"
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    assert main(["--pretrained", str(tmp_path / "junk.pth"), "--csv", str(csv_file), "--out", str(out),
-                 "--workers", "0"]) == 1
-    assert capsys.readouterr().err.startswith("error: ")
+    assert "cannot read checkpoint" in error_of(["--pretrained", str(tmp_path / "junk.pth"), "--csv", str(csv_file),
+                                                 "--out", str(out), "--workers", "0"])
     (tmp_path / "bad.csv").write_text("only_a_path\n")
-    assert main(["--pretrained", str(ckpt), "--csv", str(tmp_path / "bad.csv"), "--out", str(out),
-                 "--workers", "0"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "bad.csv" in err
+    assert "bad.csv" in error_of(["--pretrained", str(ckpt), "--csv", str(tmp_path / "bad.csv"), "--out", str(out),
+                                  "--workers", "0"])
+    (tmp_path / "a_file").write_text("x")
+    assert "a_file is a file" in error_of(["--pretrained", str(ckpt), "--csv", str(csv_file), "--out",
+                                           str(tmp_path / "a_file" / "feats.pt"), "--workers", "0"])
+    assert "is a folder; give the file to write" in error_of(["--pretrained", str(ckpt), "--csv", str(csv_file),
+                                                              "--out", str(tmp_path), "--workers", "0"])
     assert not out.exists() and list(tmp_path.glob(".feats.pt*")) == []
+
+
+def test_unlabelled_videos_get_label_minus_one(data, tmp_path):
+    csv_file, ckpt, _ = data
+    rows = read_csv(csv_file)
+    write_csv(tmp_path / "unlabelled.csv", [r._replace(label=None) for r in rows])  # path,frames
+    assert "," not in (tmp_path / "unlabelled.csv").read_text().splitlines()[0].split(",", 1)[1]
+    common = ["--pretrained", str(ckpt), "--seq", str(SEQ), "--img_dim", str(IMG), "--workers", "0"]
+    assert main([*common, "--csv", str(tmp_path / "unlabelled.csv"), "--out", str(tmp_path / "u.pt")]) == 0
+    assert main([*common, "--csv", str(csv_file), "--out", str(tmp_path / "l.pt")]) == 0
+    unlabelled, labelled = (torch.load(tmp_path / name, weights_only=True) for name in ("u.pt", "l.pt"))
+    assert unlabelled["labels"].tolist() == [-1] * len(rows) and unlabelled["labels"].dtype == torch.int64
+    assert unlabelled["paths"] == labelled["paths"]
+    assert torch.equal(unlabelled["features"], labelled["features"])

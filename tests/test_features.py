@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from engine.checkpoint import save_checkpoint
-from evaluation.protocol import Protocol, train_loader, video_loader
+from evaluation.data import train_loader, video_loader
+from evaluation.protocol import Protocol
 from evaluation.features import (ClipFeatureSamples, VideoFeatures, cache_description, cache_path,
                                  extract_features)
 

@@ -2,6 +2,12 @@
 
 Exact resume itself is checked on a toy problem in test_protocol.py (same ``fit``)."""
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +17,8 @@ from datasets import read_csv
 from datasets.index import write_csv
 from models import VideoClassifier
 from datasets.demo import make_demo_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +85,37 @@ def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(demo, tmp_path, case
         finetune.main(args)
     assert str(stop.value).startswith("error: ") and expected in str(stop.value)
     assert not out.exists()
+
+
+def test_sigterm_stops_at_a_step_and_the_resume_ends_as_an_uninterrupted_run(demo, tmp_path):
+    full = finetune.main(cli(demo, tmp_path / "full", "--epochs", "2"))
+    out = tmp_path / "split"
+    proc = subprocess.Popen([sys.executable, "finetune.py", *cli(demo, out, "--epochs", "2")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.readline().startswith("git commit: ")  # the run has started: its handlers are in place
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.startswith(("interrupted", "SIGTERM", "error", "Traceback"))]
+    assert len(lines) == 2 and lines[0].startswith("SIGTERM received: stopping after the current step"), err
+    assert re.fullmatch(rf"interrupted at epoch 1, step 1 of the epoch \(saved in {re.escape(str(out))}/last.pth\); "
+                        r"continue with --resume auto", lines[1]), lines[1]
+    assert sorted(p.name for p in out.iterdir()) == ["last.pth", "tensorboard"]  # no lock, no half-written file
+
+    resumed = finetune.main(cli(demo, out, "--epochs", "2", "--resume", "auto"))
+    assert resumed["top1"] == full["top1"] and resumed["per_class_accuracy"] == full["per_class_accuracy"]
+    weights = [torch.load(d / "last.pth", weights_only=True)["model"] for d in (tmp_path / "full", out)]
+    assert max((weights[0][k].float() - weights[1][k].float()).abs().max().item() for k in weights[0]) == 0.0
+    assert (out / "log.jsonl").read_text() == (tmp_path / "full" / "log.jsonl").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "-0.01"], "--lr must be positive, got -0.01"),
+    (["--backbone_lr_scale", "-1"], "--backbone_lr_scale must be >= 0"),
+    (["--arch", "s3d", "--seq", "4"], "--seq 4: s3d needs at least 5 frames per clip"),
+])
+def test_values_that_cannot_work_are_refused_at_parse_time(demo, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as info:
+        finetune.parse_args(cli(demo, tmp_path, *extra))
+    assert info.value.code == 2 and message in capsys.readouterr().err

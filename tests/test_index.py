@@ -26,6 +26,14 @@ def test_relative_paths_resolve_against_the_csv_folder(tmp_path, folders, monkey
     assert records == [VideoRecord(tmp_path / "frames/walk/v1", 12, 0), VideoRecord(b, 40, 2)]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_path(tmp_path, folders):
+    a, _ = folders
+    csv_file = tmp_path / "excel.csv"
+    csv_file.write_text("frames/walk/v1,12,0\r\n", encoding="utf-8-sig")  # as Excel saves 'CSV UTF-8'
+    assert csv_file.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert read_csv(csv_file, require_labels=True) == [VideoRecord(tmp_path / "frames/walk/v1", 12, 0)]
+
+
 def test_write_then_read_round_trip_relative(tmp_path, folders):
     a, b = folders
     rows = [VideoRecord(a, 5, 1), VideoRecord(b, 7, 0)]

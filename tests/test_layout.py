@@ -1,4 +1,4 @@
-"""The project's import graph keeps data flowing one way (DESIGN §7).
+"""The project's import graph keeps data flowing one way (docs/method.md §7).
 
 Every import of every module is read from its source (those inside functions too), so a lazy
 import cannot hide an edge; one subprocess check confirms what ``import models`` really loads.

@@ -1,6 +1,7 @@
 """datasets.loader: malloc keeps freed blocks in the process (no page faults on reuse), loader setup."""
 
 import multiprocessing
+import signal
 import subprocess
 import sys
 import textwrap
@@ -80,3 +81,18 @@ def test_workers_of_a_spawned_trainer_are_forked_not_spawned(tmp_path):
     out = tmp_path / "seen.txt"
     mp.spawn(_trainer, args=(str(out),), nprocs=1, join=True)
     assert out.read_text() == "fork ['set in the trainer', 'set in the trainer']"
+
+
+class _Dispositions(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return torch.tensor([signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN])
+
+
+def test_loader_workers_leave_stop_signals_to_their_main_process():
+    loader = torch.utils.data.DataLoader(_Dispositions(), num_workers=1, **loader_kwargs(1))
+    assert next(iter(loader)).tolist() == [[True, True]]
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # this process keeps its handlers

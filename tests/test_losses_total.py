@@ -45,7 +45,7 @@ def test_total_is_the_weighted_sum_of_the_terms():
     assert torch.equal(bank.queue, torch.cat([before[4:], out["logits"].detach()]))
     loss, terms = mfo_objective(out, bank.read(use_queue=True), use_graph=True)
     assert torch.equal(bank.queue, torch.cat([before[4:], out["logits"].detach()]))  # the loss leaves it alone
-    # every term again from the public functions, with the slicing and the weights of DESIGN §3
+    # every term again from the public functions, with the slicing and the weights of docs/method.md §3
     inst, inst_acc, sim = instance_contrast(out["high"][:, :2])
     align = {lvl: temporal_alignment(out[f"{lvl}_t"]) for lvl in ("high", "mid", "low")}
     motion = {lvl: motion_contrast(out[lvl][:4, :2], out[lvl][4:, :2]) for lvl in ("mid", "low")}
@@ -143,7 +143,7 @@ def test_two_workers_equal_one_process(tmp_path):
 
 def _reference_total(out, bank, tau=0.07, weights=(1.0, 0.5, 0.3), proto_weight=0.5, proto=(0.1, 0.05, 3),
                      thres=0.05, use_graph=True):
-    """The objective summed term by term from the public functions, in the order of DESIGN §3's code."""
+    """The objective summed term by term from the public functions, in the order of docs/method.md §3's formula."""
     w = dict(zip(("high", "mid", "low"), weights))
     inst, _, sim = instance_contrast(out["high"][:, :2], tau)
     total = w["high"] * inst
@@ -172,7 +172,7 @@ def test_default_objective_is_the_paper_total_bit_for_bit():
                                     thres=0.05)
 
 
-# which logged terms (and weights) each switch covers, written out by hand from DESIGN §3
+# which logged terms (and weights) each switch covers, written out by hand from docs/method.md §3
 SWITCHED = {"inst": {"inst": 1.0}, "align": {"align_high": 1.0, "align_mid": 0.5, "align_low": 0.3},
             "motion": {"motion_mid": 0.5, "motion_low": 0.3}, "proto": {"proto": 0.5},
             "graph": {"graph_high": 1.0, "graph_mid": 0.5, "graph_low": 0.3}}

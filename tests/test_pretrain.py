@@ -1,4 +1,4 @@
-"""datasets.pretrain: index sampling (DESIGN.md §1) and the pretraining sample."""
+"""datasets.pretrain: index sampling (docs/method.md §1) and the pretraining sample."""
 
 import pytest
 import torch

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from engine.errors import UserError
 from engine.sampling import EpochStream, ResumableSampler, SeededSamples, sample_seed
 
 
@@ -73,8 +74,9 @@ def test_unreadable_sample_is_replaced_reported_once_and_counted(capsys):
     with pytest.raises(OSError, match="cannot decode video 1"):
         strict[(0, 1)]
     hopeless = SeededSamples(Noisy(3, bad={0, 1, 2}), seed=0, max_tries=4)
-    with pytest.raises(RuntimeError, match="4 samples in a row"):
+    with pytest.raises(RuntimeError, match="4 samples in a row") as info:
         hopeless[(0, 0)]
+    assert isinstance(info.value, UserError)  # the data's fault: one line, no traceback
 
 
 def test_sample_seed_differs_across_epochs_and_indices():

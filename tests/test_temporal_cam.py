@@ -17,7 +17,7 @@ from engine.checkpoint import load_backbone
 from models import MFOModel, build_backbone
 from datasets.demo import make_demo_data
 from visualization.cam import OrderClassifier, constant_cam_warning, high_map_size, order_head, pooled_logits, to_rgb
-from visualization.temporal_cam import draw_videos, main, parse_args, run
+from visualization.temporal_cam import cam, draw_videos, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ, IMG = 8, 48  # 48 px: a 2x2 high map, so the CAM varies over the frame
@@ -135,6 +135,9 @@ def test_random_init_baseline_in_process(data, tmp_path):
     (["--random_init", "--lr_decay", "0"], "--lr_decay"),
     (["--random_init", "--epochs", "0"], "--epochs must be at least 1"),
     (["--random_init", "--num_videos", "-1"], "must not be negative"),
+    (["--random_init", "--lr", "-0.01"], "--lr must be positive, got -0.01"),
+    (["--random_init", "--wd=-1e-3"], "--wd must be >= 0"),
+    (["--random_init", "--arch", "s3d", "--seq", "4"], "--seq 4: s3d needs at least 5 frames per clip"),
 ])
 def test_bad_arguments_are_refused(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
@@ -148,31 +151,37 @@ def test_paper_defaults(tmp_path):
     assert (args.lr, args.wd, args.lr_decay) == (1e-3, 1e-3, 0.6)
 
 
-def test_missing_checkpoint_is_a_readable_error(data, tmp_path, capsys):
+def error_of(args) -> str:
+    """The one line ``main`` ends with (Python prints it on stderr, status 1)."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    line = str(info.value.code)
+    assert line.startswith("error: ") and "\n" not in line, line
+    return line
+
+
+def test_missing_checkpoint_is_a_readable_error(data, tmp_path):
     data_dir, _ = data
     missing = tmp_path / "missing.pth"
     with pytest.raises(CheckpointError, match="not found"):
-        main(cli(data_dir, tmp_path / "out", "--pretrained", str(missing)))
-    assert run(cli(data_dir, tmp_path / "out", "--pretrained", str(missing))) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint not found") and str(missing) in err and "Traceback" not in err
+        cam(parse_args(cli(data_dir, tmp_path / "out", "--pretrained", str(missing))))
+    err = error_of(cli(data_dir, tmp_path / "out", "--pretrained", str(missing)))
+    assert err.startswith("error: checkpoint not found") and str(missing) in err
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_csv_stops_before_training(data, tmp_path, capsys):
+def test_bad_csv_stops_before_training(data, tmp_path):
     data_dir, _ = data
     bad = tmp_path / "bad.csv"
     bad.write_text("frames/move_left/move_left_000,twelve,0\n")
     args = cli(data_dir, tmp_path / "out", "--random_init")
     args[args.index("--test_csv") + 1] = str(bad)
-    assert run(args) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and f"{bad}, line 1" in err
+    assert f"{bad}, line 1" in error_of(args)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["two_columns", "empty_test", "garbage_ckpt"])
-def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(data, tmp_path, capsys, case):
+@pytest.mark.parametrize("case", ["two_columns", "empty_test", "garbage_ckpt", "out_dir_is_a_file"])
+def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(data, tmp_path, case):
     data_dir, _ = data
     args = cli(data_dir, tmp_path / "out", "--random_init")
     if case == "two_columns":
@@ -181,13 +190,15 @@ def test_bad_inputs_end_in_one_line_and_leave_out_dir_alone(data, tmp_path, caps
     elif case == "empty_test":
         (tmp_path / "empty.csv").write_text("\n")
         args[args.index("--test_csv") + 1], expected = str(tmp_path / "empty.csv"), "empty.csv: no rows"
-    else:
+    elif case == "garbage_ckpt":
         (tmp_path / "garbage.pth").write_bytes(bytes(range(256)) * 16)
-        args[args.index("--random_init"):args.index("--random_init") + 1] = ["--pretrained", str(tmp_path / "garbage.pth")]
+        at = args.index("--random_init")
+        args[at:at + 1] = ["--pretrained", str(tmp_path / "garbage.pth")]
         expected = "cannot read checkpoint"
-    assert run(args) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    else:
+        (tmp_path / "a_file").write_text("x")
+        args[args.index("--out_dir") + 1], expected = str(tmp_path / "a_file"), "a_file is a file, not a folder"
+    assert expected in error_of(args)
     assert not (tmp_path / "out").exists()
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args, original_error
+from engine.tracking import NonFiniteLossError, Tracker, check_finite, format_args
 
 
 def test_format_args_is_sorted_and_names_the_commit():
@@ -39,30 +39,6 @@ def test_tracker_writes_json_lines_and_scalars_only_when_enabled(tmp_path):
     silent.epoch({"epoch": 0})
     assert not (tmp_path / "other").exists()
     assert silent.progress(range(3)).disable
-
-
-class _Broken(torch.utils.data.Dataset):
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, i):
-        raise _TwoArgError(f"frame{i}.jpg", "truncated")
-
-
-class _TwoArgError(OSError):
-    """Like FrameDecodeError: a constructor the DataLoader cannot call with its one message argument."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"cannot decode {path}: {reason}")
-
-
-def test_original_error_of_a_loader_worker():
-    loader = torch.utils.data.DataLoader(_Broken(), batch_size=1, num_workers=1)
-    with pytest.raises(RuntimeError, match="Caught _TwoArgError in DataLoader worker process 0") as info:
-        next(iter(loader))
-    assert original_error(info.value, ("DataError", "_TwoArgError")) == "cannot decode frame0.jpg: truncated"
-    assert original_error(info.value, ("DataError",)) is None  # another class: a bug, shown with its traceback
-    assert original_error(RuntimeError("no traceback in here"), ("RuntimeError",)) is None
 
 
 def test_truncate_log_keeps_the_lines_before_a_resume(tmp_path):

@@ -147,8 +147,8 @@ def test_run_crosses_split_and_resumes_exactly(csv_file, full_run, tmp_path, mon
         assert line.keys() == want.keys() and line.pop("objective") == want.pop("objective")
         assert line.pop("train_seconds") > 0 and want.pop("train_seconds") > 0  # wall time: not reproducible
         assert line == pytest.approx(want, abs=1e-6)
-    names = sorted(p.name for p in resumed.iterdir())  # --keep_epochs 2: epoch 1 only; no temporary file left
-    assert names == [".lock", "epoch_0001.pth", "last.pth", "log.jsonl", "tensorboard"]
+    names = sorted(p.name for p in resumed.iterdir())  # --keep_epochs 2: epoch 1 only; no temporary or lock file
+    assert names == ["epoch_0001.pth", "last.pth", "log.jsonl", "tensorboard"]
 
 
 def test_epoch_files_hold_what_evaluation_needs_and_last_holds_the_rest(full_run, tmp_path, csv_file):
@@ -191,7 +191,7 @@ def test_resume_from_a_foreign_file_is_one_line(csv_file, full_run, tmp_path, ca
     run_error(csv_file, tmp_path / "b", f"--resume {tmp_path / 'r3d18.pth'} --verbose")
     listed = capsys.readouterr().err
     assert "backbone.stem.0.weight" in listed and "backbone.high.14.branch0.0.weight" in listed
-    assert os.listdir(tmp_path / "a") == os.listdir(tmp_path / "b") == [".lock"]  # refused before any output
+    assert os.listdir(tmp_path / "a") == os.listdir(tmp_path / "b") == []  # refused before any output; lock removed
 
 
 def test_a_run_in_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(csv_file, full_run, tmp_path,
@@ -212,7 +212,7 @@ def test_a_run_in_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritte
     run(csv_file, again, "--overwrite --max_steps 1")
     out = capsys.readouterr().out
     assert "--overwrite: removed epoch_0007.pth, log.jsonl" in out and "warning: --img_dim 32 gives s3d" in out
-    assert sorted(p.name for p in again.iterdir()) == [".lock", "last.pth", "notes.txt", "tensorboard"]
+    assert sorted(p.name for p in again.iterdir()) == ["last.pth", "notes.txt", "tensorboard"]
 
 
 def test_amp_losses_are_within_1e3_of_float32_on_the_same_batch():

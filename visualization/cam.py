@@ -1,4 +1,4 @@
-"""Temporal class activation maps (DESIGN §6): the arrow-of-time head, its CAM and the pictures.
+"""Temporal class activation maps (docs/method.md §6): the arrow-of-time head, its CAM and the pictures.
 
 A bias-free linear head ``W [2, C]`` reads the globally pooled ``high`` map of a frozen backbone and
 tells a clip (label 0) from its time-reversed copy (label 1). Because the head is linear and pooling

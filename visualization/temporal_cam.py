@@ -1,4 +1,4 @@
-"""Temporal CAM: where in the frame a frozen backbone sees the arrow of time (DESIGN §6).
+"""Temporal CAM: where in the frame a frozen backbone sees the arrow of time (README: "Temporal CAM").
 
 1. trains a bias-free linear head on the pooled ``high`` map of the frozen backbone to tell each
    training clip (label 0) from its time-reversed copy (label 1), and saves it as ``order_head.pth``;
@@ -24,13 +24,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from datasets import ClipDataset, DataError, FrameDecodeError
+from datasets import ClipDataset
 from datasets.loader import loader_kwargs
-from engine.checkpoint import CheckpointError, git_commit, load_backbone, save_checkpoint
+from engine.checkpoint import git_commit, load_backbone, save_checkpoint
+from engine.errors import exit_on_error
+from engine.rundir import OutDirError, check_out_dir
 from engine.tracking import Tracker, format_args
-from evaluation.protocol import train_epoch
+from evaluation.loop import train_epoch
 from evaluation.report import write_json
-from models import BACKBONES, build_backbone
+from models import BACKBONES, build_backbone, min_seq
 from visualization.cam import (CLASS_NAMES, OrderClassifier, clip_cam, constant_cam_warning, order_head, to_rgb,
                                with_reversed, write_clip_images)
 
@@ -47,13 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CSV 'path,frames,label' for the order accuracy and the pictures")
     p.add_argument("--out_dir", required=True, help="folder for the head, the accuracy and the images")
     p.add_argument("--arch", default="r3d18", choices=BACKBONES, help="backbone architecture (default: r3d18)")
-    p.add_argument("--seq", type=int, default=16, help="frames per clip (default: 16)")
+    p.add_argument("--seq", type=int, default=16,
+                   help="frames per clip; at least what the backbone's temporal strides need (1, 5 for s3d) "
+                        "(default: 16)")
     p.add_argument("--img_dim", type=int, default=224,
                    help="clip height and width in pixels; where the backbone's last map is 1x1 a frame (r3d18 "
                         "below 33) the CAM is constant and the tool warns (default: 224)")
     p.add_argument("--epochs", type=int, default=50, help="epochs of head training (default: 50)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default: 1e-3)")
-    p.add_argument("--wd", type=float, default=1e-3, help="Adam weight decay of the head (default: 1e-3)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head, > 0 (default: 1e-3)")
+    p.add_argument("--wd", type=float, default=1e-3, help="Adam weight decay of the head, >= 0 (default: 1e-3)")
     p.add_argument("--lr_decay", type=float, default=0.6,
                    help="fraction of the epochs after which the lr is multiplied by 0.1 (default: 0.6)")
     p.add_argument("--batch_size", type=int, default=16,
@@ -72,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--num_videos and --workers must not be negative")
     if not 0.0 < args.lr_decay <= 1.0:
         p.error(f"--lr_decay is a fraction of the epochs in (0, 1], got {args.lr_decay}")
+    if args.seq < min_seq(args.arch):
+        p.error(f"--seq {args.seq}: {args.arch} needs at least {min_seq(args.arch)} frames per clip (its temporal "
+                "strides leave no time step below that)")
+    if not args.lr > 0:
+        p.error(f"--lr must be positive, got {args.lr:g}")
+    if not args.wd >= 0:
+        p.error(f"--wd must be >= 0, got {args.wd:g}")
     return args
 
 
@@ -144,9 +155,11 @@ def draw_videos(model: OrderClassifier, dataset: ClipDataset, *, num_videos: int
     return folders
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def cam(args: argparse.Namespace) -> dict:
+    """Everything the command line does; returns the accuracy report. Inputs and ``--out_dir`` are checked
+    before anything is written (a ``UserError`` otherwise)."""
     out_dir = Path(args.out_dir)
+    check_out_dir(out_dir)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -160,7 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
     backbone.requires_grad_(False)  # frozen; train_epoch keeps it in eval mode: BN keeps its running statistics
     model = OrderClassifier(backbone, order_head(backbone.channels[2])).to(device)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutDirError(f"--out_dir {out_dir}: cannot create this folder ({e.strerror or e}); "
+                          "pick another --out_dir") from e
     tracker = Tracker(out_dir)
     tracker.print(format_args(vars(args), git_commit()))
     for note in (loaded, constant_cam_warning(args.arch, args.seq, args.img_dim)):
@@ -189,16 +206,13 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def run(argv: list[str] | None = None) -> int:
-    """``main`` for the command line: a bad CSV, checkpoint or frame ends in one ``error: ...`` line and
-    status 1, no traceback; nothing is written to ``--out_dir`` when an input is bad."""
-    try:
-        main(argv)
-    except (CheckpointError, DataError, FrameDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+def main(argv: list[str] | None = None) -> dict:
+    """The command line: a bad CSV, checkpoint, frame or ``--out_dir`` ends in one ``error: ...`` line and
+    status 1, no traceback, and nothing is written to ``--out_dir``; a Ctrl-C in one line and status 130."""
+    args = parse_args(argv)
+    with exit_on_error():
+        return cam(args)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    main()

@@ -1,0 +1,126 @@
+"""Stopping a run on SIGINT (Ctrl-C) or SIGTERM (how clusters stop jobs) at a step boundary.
+
+Inside ``with GracefulStop() as stop:`` the first SIGINT or SIGTERM is only recorded; the loop asks
+``stop.should_stop()`` at its step boundaries, saves the checkpoint that resumes exactly at that
+step, and raises ``stop.interrupted(line)`` (an ``engine.errors.Interrupted``), which the entry
+point's ``engine.errors.exit_on_error`` turns into that one line and exit status 128 + the signal
+(130 for SIGINT, 143 for SIGTERM).
+
+Rules, and why:
+
+* **A second SIGINT stops at once** (``KeyboardInterrupt``, status 130, nothing saved): the user
+  pressed Ctrl-C again. **A SIGTERM after the first signal is ignored**: launchers and schedulers
+  deliver one stop twice (torchrun's agent forwards a SIGTERM to workers that the terminal's Ctrl-C
+  already reached; a scheduler signals every process of a job, launcher included, and the launcher
+  forwards it), and their way to insist is SIGKILL.
+* **Every process stops at the same step.** Under DDP a signal may reach one rank only;
+  ``should_stop`` is a collective: an all-reduce (max) of (signal received, signal number) over the
+  default process group, so every rank gets the same answer and the same exit status. Every rank must
+  call it at the same points (e.g. after every optimizer step); it costs one all-reduce of two numbers
+  and one device-to-host copy, about what the step's own ``loss.item()`` costs. Without a process
+  group it reads the local state and costs nothing.
+* **DataLoader workers ignore both signals** (:func:`ignore_stop_signals`, installed by
+  ``datasets.loader``): the terminal's Ctrl-C reaches every process of its process group, workers
+  included, and torch's worker loop exits on a ``KeyboardInterrupt``, which would turn the step being
+  loaded into a "worker exited unexpectedly" error. A worker ends when its loader does (or when its
+  parent dies: torch's watchdog).
+* Handlers are installed only in the main thread (Python runs them there only); elsewhere the
+  object is inert and ``should_stop`` still takes part in the collective. The previous handlers are
+  restored on exit.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+from engine.errors import Interrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+NOTICE = "{name} received: stopping after the current step (Ctrl-C again to stop at once, without saving)"
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM in this process (DataLoader workers: their main process decides)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _collective_device() -> torch.device:
+    """Where the default group reduces tensors: the current CUDA device for NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class GracefulStop:
+    """SIGINT / SIGTERM ask the run to stop at its next step boundary (see the module docstring).
+
+    ``notice``: the line written to stderr when the first signal arrives, ``{name}`` being the
+    signal's name (None: quiet, e.g. on ranks other than 0). Use as a
+    context manager; :meth:`request` records a signal as if it had arrived (tests, launchers)."""
+
+    def __init__(self, notice: str | None = NOTICE):
+        self.notice = notice
+        self.received: int | None = None  # this process's first signal
+        self.signum: int | None = None  # the signal the processes agreed on, once should_stop said so
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.request(signum)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        # a SIGTERM after the first signal: the stop is under way (see the module docstring)
+
+    def request(self, signum: int) -> None:
+        """Record ``signum`` as this process's stop request (the first one wins)."""
+        if self.received is not None:
+            return
+        self.received = signum
+        if self.notice:
+            line = self.notice.format(name=signal.Signals(signum).name) + "\n"
+            os.write(2, line.encode())  # not print(): the handler may interrupt a write to sys.stderr
+
+    def should_stop(self) -> bool:
+        """Whether to stop now, the same answer on every rank (a collective under a process group).
+
+        When True, :attr:`signum` holds the signal to report: the largest one any rank received."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flags = torch.tensor([float(self.received is not None), float(self.received or 0)],
+                                 dtype=torch.float64, device=_collective_device())
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop, signum = flags.tolist()
+            if stop:
+                self.signum = int(signum)
+            return bool(stop)
+        if self.received is not None:
+            self.signum = self.received
+        return self.received is not None
+
+    @property
+    def status(self) -> int:
+        """Exit status for the agreed signal: 128 + its number."""
+        if self.signum is None:
+            raise RuntimeError("status is known once should_stop() returned True")
+        return 128 + self.signum
+
+    def interrupted(self, message: str) -> Interrupted:
+        """The exception that ends the run with ``message`` (one line; '' on quiet ranks) and :attr:`status`."""
+        if self.signum is None:
+            raise RuntimeError("interrupted() is for after should_stop() returned True")
+        return Interrupted(message, self.signum)
