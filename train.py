@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -24,21 +25,32 @@ from datasets import DataError, FrameDecodeError, PretrainDataset
 from datasets.demo import make_demo_data
 from datasets.loader import loader_kwargs
 from engine import distributed
-from engine.checkpoint import (BackgroundWriter, CheckpointError, git_commit, host_copy, key_mismatch,
-                               load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state, unwrap)
+from engine.checkpoint import (BackgroundWriter, CheckpointError, check_resume_flags, git_commit, host_copy,
+                               key_mismatch, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
+                               set_rng_state, unwrap)
 from engine.device import prefetch
 from engine.errors import UserError, exit_on_error
+from engine.interrupt import NOTICE, GracefulStop
 from engine.rundir import claim_out_dir, remove_run_outputs
 from engine.sampling import EpochStream, SeededSamples
 from engine.tracking import Tracker, check_finite, format_args
 from evaluation.monitor import KnnMonitor, batch_health
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
-from models import BACKBONES, MFOModel
-from models.backbones import HIGH_STRIDE
+from models import BACKBONES, MOTION_STEPS, MFOModel
+from models.backbones import HIGH_STRIDE, min_seq
 
 
 class CompileError(UserError):
     """``--compile`` cannot run here (torch.compile failed to trace or to build the backbone)."""
+
+
+# The flags a resume may change (the README's "Stopping and resuming" lists them): where the run writes and how
+# fast it goes, never what it computes. --epoch extends a finished run; --train_batch may change with the number
+# of processes as long as the global batch stays (check_resume); every other flag must be the checkpoint's.
+RESUME_MAY_CHANGE = ("epoch", "max_steps", "workers", "strict_data", "save_every", "keep_epochs", "log_every",
+                     "monitor_train_csv", "monitor_test_csv", "monitor_every", "out_dir", "resume", "overwrite",
+                     "verbose", "demo", "compile", "train_batch", "multiprocessing_distributed", "nproc",
+                     "world_size", "rank", "dist_url", "dist_backend")
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
 DEMO_DATA = Path("data/demo")
@@ -163,6 +175,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if not args.lr > 0 or not args.wd >= 0:
+        parser.error(f"--lr must be positive and --wd at least 0, got --lr {args.lr} --wd {args.wd}")
+    least = min_seq(args.arch, MOTION_STEPS)
+    if args.seq < least:
+        parser.error(f"--seq {args.seq}: {args.arch} needs at least {least} frames per clip (motion excitation "
+                     "compares time steps of the layer3 map, which needs two; the paper uses 16)")
+    launched = args.multiprocessing_distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.train_batch < 2 and not launched:
+        parser.error(f"--train_batch {args.train_batch}: the contrastive terms need a global batch of at least 2 "
+                     "videos (one clip pair has no negatives: inst would be 0 and inst_acc 1)")
     if args.rate < 1:
         parser.error("--rate must be at least 1")
     if min(args.jitter) < 0 or args.jitter[3] > 0.5:
@@ -390,14 +412,16 @@ class StepLog:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, batches,
                     state: RunState, *, steps: int, args: argparse.Namespace, ctx: distributed.Context,
-                    objective: Objective, tracker: Tracker, amp: bool, save, history: list[dict]) -> bool:
+                    objective: Objective, tracker: Tracker, amp: bool, save: Callable[[], None],
+                    history: list[dict], stop: GracefulStop | None = None) -> str | None:
     """Train the rest of epoch ``state.epoch`` (``steps`` batches in all) on ``batches``, an iterator of
     ``(clips [B,3,3,T,H,W] on the device, replaced-video counts)`` at the epoch's next batch.
 
     Values are read every ``--log_every`` steps, at the epoch's last step and before a checkpoint
-    (``save()`` every ``--save_every`` steps): TensorBoard gets their means over the
-    interval, ``history`` and ``state`` every step's values. Returns True when ``--max_steps`` stopped
-    the run (after saving), False at the end of the epoch.
+    (``save()``: every ``--save_every`` steps, at ``--max_steps`` and when ``stop`` says so, asked after
+    every step on every rank): TensorBoard gets their means over the interval, ``history`` and ``state``
+    every step's values. Returns None at the end of the epoch, else why it stopped early after saving
+    (``"max_steps"`` or ``"signal"``).
     """
     use_graph, use_queue = state.epoch >= args.split, state.epoch >= args.queue_start
     set_train_mode(model, args.freeze_bn)
@@ -416,8 +440,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Pr
                                           return_outputs=True)
         log.add(state.global_step, {"loss": loss.detach(), **terms}, outputs if health else None,
                 int(n_replaced.sum()))
-        stop = bool(args.max_steps) and state.global_step >= args.max_steps
-        checkpoint = stop or (args.save_every and state.global_step % args.save_every == 0)
+        reason = "signal" if stop is not None and stop.should_stop() else None  # a collective on every rank
+        if reason is None and args.max_steps and state.global_step >= args.max_steps:
+            reason = "max_steps"
+        checkpoint = reason is not None or (args.save_every and state.global_step % args.save_every == 0)
         if not (health or checkpoint):
             continue
         records, seconds = log.read()
@@ -437,44 +463,166 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Pr
         bar.set_postfix(loss=f"{records[-1]['loss']:.3f}", clips_s=f"{clips_per_step * len(records) / seconds:.1f}")
         if checkpoint:
             save()
-        if stop:
+        if reason is not None:
             bar.close()
-            return True
+            return reason
         log = StepLog()
     bar.close()
-    return False
+    return None
 
 
-def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict]:
-    """Train on one process; returns the per-step values (for in-process callers and tests)."""
+@dataclass
+class Training:
+    """What a run trains and what its steps change, saved and restored together."""
+
+    model: nn.Module  # as train_step calls it: DistributedDataParallel under torch.distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    bank: PrototypeBank
+    run: RunState
+
+    @property
+    def core(self) -> nn.Module:
+        return unwrap(self.model)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.core.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.bank.load_state_dict(state["bank"])
+        self.run.load_state_dict(state)
+
+
+def build_training(args: argparse.Namespace, ctx: distributed.Context) -> Training:
+    """The model (on the device, channels-last with cuDNN autotuning on CUDA), Adam, the lr schedule and the
+    prototype bank of a fresh run; the same on every rank."""
     torch.manual_seed(args.seed)  # same initial model on every rank (DDP also broadcasts rank 0's)
     model = MFOModel(backbone=args.arch, channel=args.channel, cluster=args.cluster).to(ctx.device)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN time its kernels once and keep the best
         model.channels_last()
-    distributed.seed_worker_process(args.seed + ctx.rank)
-    loader, stream = build_loader(args, ctx)
     bank = PrototypeBank(size=args.queue_size, cluster=args.cluster,
                          generator=torch.Generator().manual_seed(args.seed)).to(ctx.device)
     # fused: one kernel for all parameters (25x faster than the per-tensor loop on a CPU)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.wd,
                                  fused=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay], gamma=0.1)
+    return Training(model, optimizer, scheduler, bank, RunState())
 
-    run = RunState()
-    resume = resolve_resume(args.resume, args.out_dir)
-    state = load_checkpoint(resume, map_location=ctx.device) if resume is not None else None
-    if state is not None:
-        check_resume(state, resume, model, args, ctx.world_size, verbose=args.verbose and ctx.is_main)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        bank.load_state_dict(state["bank"])
-        run.load_state_dict(state)
-        same_world = len(state["rng"]) == ctx.world_size
-        if same_world:
-            set_rng_state(state["rng"][ctx.rank])
 
+def distribute(training: Training, ctx: distributed.Context, compile: bool) -> None:
+    """Wrap the model for several processes (SyncBatchNorm on CUDA, DDP); compile its backbone in place."""
+    if ctx.world_size > 1:
+        model = training.model
+        if ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # graph heads are unused before --split
+        training.model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
+    if compile:
+        training.core.backbone.compile()  # in place: the state dict's keys stay those of the plain backbone
+
+
+class Checkpointer:
+    """``last.pth`` (everything an exact resume needs) and the epoch files (what an evaluation needs) of a
+    :class:`Training`, written by rank 0 in the background from a snapshot taken at :meth:`save`."""
+
+    def __init__(self, training: Training, args: argparse.Namespace, ctx: distributed.Context):
+        self.training, self.args, self.ctx = training, args, ctx
+        self.writer = BackgroundWriter()
+
+    def save(self, epoch_file: str | None = None) -> None:
+        """A collective: every rank calls it (their random generators go into last.pth)."""
+        rngs = distributed.all_gather_object(rng_state())
+        if not self.ctx.is_main:
+            return
+        t, out_dir = self.training, Path(self.args.out_dir)
+        weights = host_copy({"model": t.core.state_dict(), "bank": t.bank.state_dict(), "epoch": t.run.epoch,
+                             "global_step": t.run.global_step, "args": vars(self.args), "commit": git_commit()})
+        last = {**weights, **host_copy({"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                                        "rng": rngs, **t.run.state_dict()})}
+
+        def write() -> None:
+            if epoch_file:
+                save_checkpoint(weights, out_dir / epoch_file)
+            save_checkpoint(last, out_dir / "last.pth")
+
+        self.writer.submit(write)
+
+    def wait(self) -> None:
+        self.writer.wait()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Training) -> list[str]:
+    """Restore ``training`` from ``--resume``'s checkpoint, if any, after checking that it continues this run
+    exactly; returns the lines to print. A finished run has nothing left to do: :class:`Finished`."""
+    path = resolve_resume(args.resume, args.out_dir)
+    if path is None:
+        return [f"--resume auto: no {Path(args.out_dir) / 'last.pth'} yet, starting from the beginning"] \
+            if args.resume else []
+    state = load_checkpoint(path, map_location=ctx.device)
+    check_resume(state, path, training.core, args, ctx.world_size, verbose=args.verbose and ctx.is_main)
+    parser = get_args_parser()
+    check_resume_flags(state["args"], vars(args), may_change=RESUME_MAY_CHANGE, path=path,
+                       defaults={name: parser.get_default(name) for name in vars(args)})
+    done, trained = state["epoch"], state["args"]["epoch"]
+    if state["step_in_epoch"] == 0 and done == args.epoch:
+        raise Finished(f"nothing left to do: {path} is the end of a finished run of {done} epochs; to train "
+                       f"longer, give a larger --epoch with --resume auto")
+    if done > args.epoch or (done == args.epoch and state["step_in_epoch"]):
+        raise CheckpointError(f"--resume {path} has trained {done} epochs and {state['step_in_epoch']} steps, "
+                              f"more than --epoch {args.epoch}; give --epoch {trained} or more")
+    training.load_state_dict(state)
+    lines = [f"resumed from {path}: epoch {done}, step {state['step_in_epoch']} of the epoch, "
+             f"global step {state['global_step']}"]
+    if args.epoch != trained:
+        lines.append(f"extending the run of --epoch {trained} to --epoch {args.epoch}")
+    if len(state["rng"]) == ctx.world_size:
+        set_rng_state(state["rng"][ctx.rank])
+    else:
+        lines.append(f"note: the checkpoint was written by {len(state['rng'])} process(es), this run has "
+                     f"{ctx.world_size}: it continues at the same sample of the epoch (same global batch), "
+                     "but the processes' random generators restart from --seed")
+    return lines
+
+
+class Finished(Exception):
+    """``--resume`` of a run that has done its ``--epoch`` epochs: nothing to train (not an error)."""
+
+
+def end_of_epoch(training: Training, args: argparse.Namespace, objective: Objective, steps: int,
+                 watch: Callable[[int], dict] | None) -> dict:
+    """The epoch's line of ``log.jsonl``: its averages over every step (also those before a resume, whose sums
+    come from the checkpoint), the lr after this epoch, and the monitor's values when it runs."""
+    run, epoch = training.run, training.run.epoch
+    training.scheduler.step()
+    summary = {"epoch": epoch, "global_step": run.global_step, "lr": training.optimizer.param_groups[0]["lr"],
+               "steps": steps, "train_seconds": run.seconds, "replaced_videos": run.replaced, **run.means(),
+               "objective": asdict(objective)}
+    if watch is not None and ((epoch + 1) % args.monitor_every == 0 or epoch + 1 == args.epoch):
+        summary.update(watch(run.global_step))
+    return summary
+
+
+def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict]:
+    """Train on one process; returns the per-step values (for in-process callers and tests)."""
+    if ctx.world_size * args.train_batch < 2:
+        raise DataError(f"--train_batch {args.train_batch} on {ctx.world_size} process(es) is a global batch of 1: "
+                        "the contrastive terms need at least 2 videos (one clip pair has no negatives); use "
+                        "--train_batch 2 or more")
+    training = build_training(args, ctx)
+    distributed.seed_worker_process(args.seed + ctx.rank)
+    loader, stream = build_loader(args, ctx)
+    try:
+        notes = resume_from(args, ctx, training)
+    except Finished as done:
+        if ctx.is_main:
+            print(done, flush=True)
+        return []
+    run = training.run
     monitor = None  # reads its two CSVs: an input, checked before any output is made
     if args.monitor_train_csv:
         monitor = KnnMonitor(args.monitor_train_csv, args.monitor_test_csv, seq=args.seq, img_dim=args.img_dim,
@@ -491,99 +639,66 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     settings = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in asdict(objective).items()}
     tracker.hparams({**settings, "lr": args.lr, "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq,
                      "img_dim": args.img_dim})
-    if removed:
-        tracker.print(f"--overwrite: removed {', '.join(removed)} from {args.out_dir}")
     amp = args.amp and ctx.device.type == "cuda"
-    if args.amp and not amp:
-        tracker.print("warning: --amp needs CUDA; running in float32 on CPU")
-    if img_dim_warning(args.arch, args.img_dim):
-        tracker.print(img_dim_warning(args.arch, args.img_dim))
-    if state is not None:
-        tracker.print(f"resumed from {resume}: epoch {run.epoch}, step {run.step_in_epoch} of the epoch, "
-                      f"global step {run.global_step}")
-        if not same_world:
-            tracker.print(f"note: the checkpoint was written by {len(state['rng'])} process(es), this run has "
-                          f"{ctx.world_size}: it continues at the same sample of the epoch (same global batch), "
-                          "but the processes' random generators restart from --seed")
-    elif args.resume:
-        tracker.print(f"--resume auto: no {Path(args.out_dir) / 'last.pth'} yet, starting from the beginning")
-
-    if ctx.world_size > 1:
-        if ctx.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # graph heads are unused before --split
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
-    core = unwrap(model)
-    if args.compile:
-        core.backbone.compile()  # in place: the state dict's keys stay those of the plain backbone
-    writer = BackgroundWriter()
-
-    def save(epoch_file: str | None = None) -> None:
-        """last.pth with everything a resume needs (``epoch_file``, if any, with what an evaluation needs),
-        written in the background from a snapshot taken now."""
-        rngs = distributed.all_gather_object(rng_state())  # a collective: every rank calls it
-        if not ctx.is_main:
-            return
-        weights = host_copy({"model": core.state_dict(), "bank": bank.state_dict(), "epoch": run.epoch,
-                             "global_step": run.global_step, "args": vars(args), "commit": git_commit()})
-        last = {**weights, **host_copy({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                        "rng": rngs, **run.state_dict()})}
-
-        def write() -> None:
-            if epoch_file:
-                save_checkpoint(weights, Path(args.out_dir) / epoch_file)
-            save_checkpoint(last, Path(args.out_dir) / "last.pth")
-
-        writer.submit(write)
+    for line in ([f"--overwrite: removed {', '.join(removed)} from {args.out_dir}"] if removed else []) + \
+            (["warning: --amp needs CUDA; running in float32 on CPU"] if args.amp and not amp else []) + \
+            [w for w in [img_dim_warning(args.arch, args.img_dim)] if w] + notes:
+        tracker.print(line)
+    distribute(training, ctx, args.compile)
+    checkpoints = Checkpointer(training, args, ctx)
 
     def watch(step: int) -> dict[str, float]:
         """Run the monitor (a collective under DDP: every rank runs it) and log its values at ``step``."""
-        seen = monitor(core.backbone, ctx.device)
+        seen = monitor(training.core.backbone, ctx.device)
         tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, step)
         return {f"monitor_{k}": v for k, v in seen.items()}
 
     history: list[dict] = []
     warned_collapse = False
-    stream.set_span(run.epoch, args.epoch, skip=run.step_in_epoch * args.train_batch)
     # the global batch equals the checkpoint's, so step_in_epoch global steps are step_in_epoch local batches
+    stream.set_span(run.epoch, args.epoch, skip=run.step_in_epoch * args.train_batch)
     batches = prefetch(loader, ctx.device)
     try:
-        if monitor is not None and run.global_step == 0:  # the backbone at initialisation: every curve's reference
-            run.reference = watch(0)
-            tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
-        while run.epoch < args.epoch:
-            if train_one_epoch(model, optimizer, bank, batches, run, steps=stream.steps_per_epoch, args=args, ctx=ctx,
-                               objective=objective, tracker=tracker, amp=amp, history=history,
-                               save=save):
-                writer.wait()
-                tracker.print(f"stopped after {run.global_step} steps (--max_steps); continue with --resume auto")
-                return history
-            epoch = run.epoch
-            scheduler.step()
-            # averages over every step of the epoch, also those before a resume (their sums come from the checkpoint)
-            summary = {"epoch": epoch, "global_step": run.global_step, "lr": optimizer.param_groups[0]["lr"],
-                       "steps": stream.steps_per_epoch, "train_seconds": run.seconds, "replaced_videos": run.replaced,
-                       **run.means(), "objective": asdict(objective)}
-            if monitor is not None and ((epoch + 1) % args.monitor_every == 0 or epoch + 1 == args.epoch):
-                summary.update(watch(run.global_step))
-                rank, width = summary["monitor_erank"], min(summary["monitor_width"], summary["monitor_rows"])
-            else:
-                rank, width = summary.get("erank_pooled"), min(core.backbone.channels[2], 2 * args.train_batch)
-            warning = collapse_warning(rank, width, summary.get("monitor_probe_top1"),
-                                       run.reference.get("monitor_probe_top1"))
-            if warning and not warned_collapse:
-                warned_collapse = True
-                tracker.print(warning)
-            writer.wait()  # the previous checkpoint is on disk before this epoch's line
-            # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
-            tracker.epoch(summary)
-            tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
-                                                         if k not in ("epoch", "objective")))
-            run.next_epoch()
-            keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
-            save(f"epoch_{epoch:04d}.pth" if keep else None)
-        writer.wait()
+        with GracefulStop(notice=NOTICE if ctx.is_main else None) as stop:
+            if monitor is not None and run.global_step == 0:  # the backbone at initialisation: each curve's reference
+                run.reference = watch(0)
+                tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
+            while run.epoch < args.epoch:
+                reason = train_one_epoch(training.model, training.optimizer, training.bank, batches, run,
+                                         steps=stream.steps_per_epoch, args=args, ctx=ctx, objective=objective,
+                                         tracker=tracker, amp=amp, save=checkpoints.save, history=history, stop=stop)
+                if reason is not None:
+                    checkpoints.wait()
+                    if reason == "signal":
+                        raise stop.interrupted(f"interrupted at epoch {run.epoch}, step {run.step_in_epoch} of the "
+                                               "epoch; continue with --resume auto" if ctx.is_main else "")
+                    tracker.print(f"stopped after {run.global_step} steps (--max_steps); continue with --resume auto")
+                    return history
+                epoch = run.epoch
+                summary = end_of_epoch(training, args, objective, stream.steps_per_epoch, watch if monitor else None)
+                if "monitor_erank" in summary:
+                    rank, width = summary["monitor_erank"], min(summary["monitor_width"], summary["monitor_rows"])
+                else:
+                    rank = summary.get("erank_pooled")
+                    width = min(training.core.backbone.channels[2], 2 * args.train_batch)
+                warning = collapse_warning(rank, width, summary.get("monitor_probe_top1"),
+                                           run.reference.get("monitor_probe_top1"))
+                if warning and not warned_collapse:
+                    warned_collapse = True
+                    tracker.print(warning)
+                checkpoints.wait()  # the previous checkpoint is on disk before this epoch's line
+                # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
+                tracker.epoch(summary)
+                tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
+                                                             if k not in ("epoch", "objective")))
+                run.next_epoch()
+                keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
+                checkpoints.save(f"epoch_{epoch:04d}.pth" if keep else None)
+                if run.epoch < args.epoch and stop.should_stop():  # a signal during the epoch's end (the monitor)
+                    checkpoints.wait()
+                    raise stop.interrupted(f"interrupted after epoch {epoch}; continue with --resume auto"
+                                           if ctx.is_main else "")
+            checkpoints.wait()
     except Exception as e:
         if args.compile and compile_failure(e):
             cause = getattr(e, "inner_exception", None) or e  # a backend's failure, wrapped by dynamo
@@ -593,7 +708,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         raise
     finally:
         batches.close()  # stops the loader's workers
-        writer.close()
+        checkpoints.close()
         tracker.close()
     return history
 
@@ -607,15 +722,15 @@ def compile_failure(error: Exception) -> bool:
 
 def main(argv=None) -> list[dict] | None:
     args = parse_args(argv)
-    if args.demo and args.csv_file == str(DEMO_DATA / "pretrain.csv"):
-        make_demo_data(DEMO_DATA)
-    if not Path(args.csv_file).is_file():
-        raise SystemExit(f"error: --csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
     # one process owns --out_dir: this one, unless it is a torchrun rank or a spawn launcher on machine 1, 2, ...
     owner = os.environ.get("RANK", "0") == "0" and args.rank == 0
     lock = None
     with exit_on_error():  # a user error, also one of a loader worker or a spawned trainer: one line, status 1
         try:
+            if args.demo and args.csv_file == str(DEMO_DATA / "pretrain.csv"):
+                make_demo_data(DEMO_DATA)
+            if not Path(args.csv_file).is_file():
+                raise DataError(f"--csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
             if owner:
                 lock, notes = claim_out_dir(args.out_dir, resume=bool(args.resume), overwrite=args.overwrite)
                 for note in notes:

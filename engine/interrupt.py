@@ -15,10 +15,11 @@ Rules, and why:
   forwards it), and their way to insist is SIGKILL.
 * **Every process stops at the same step.** Under DDP a signal may reach one rank only;
   ``should_stop`` is a collective: an all-reduce (max) of (signal received, signal number) over the
-  default process group, so every rank gets the same answer and the same exit status. Every rank must
-  call it at the same points (e.g. after every optimizer step); it costs one all-reduce of two numbers
-  and one device-to-host copy, about what the step's own ``loss.item()`` costs. Without a process
-  group it reads the local state and costs nothing.
+  default process group (on the host: under NCCL a gloo group of the same processes), so every rank
+  gets the same answer and the same exit status. Every rank must call it at the same points (e.g.
+  after every optimizer step); it costs one all-reduce of two numbers between processes and never
+  waits for the GPU, so a trainer can ask after every step. Without a process group it reads the
+  local state and costs nothing.
 * **DataLoader workers ignore both signals** (:func:`ignore_stop_signals`, installed by
   ``datasets.loader``): the terminal's Ctrl-C reaches every process of its process group, workers
   included, and torch's worker loop exits on a ``KeyboardInterrupt``, which would turn the step being
@@ -49,11 +50,14 @@ def ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _collective_device() -> torch.device:
-    """Where the default group reduces tensors: the current CUDA device for NCCL, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def _host_group():
+    """A process group that reduces CPU tensors: the default one, unless its backend is NCCL (CUDA tensors
+    only), in which case a gloo group of the same processes (a collective to create: every rank calls this
+    at the same point). Reducing the stop flag there costs no wait for the GPU's queued work, which a
+    CUDA tensor read back to the host would."""
+    if dist.get_backend() != "nccl":
+        return None
+    return dist.new_group(backend="gloo")
 
 
 class GracefulStop:
@@ -68,6 +72,7 @@ class GracefulStop:
         self.received: int | None = None  # this process's first signal
         self.signum: int | None = None  # the signal the processes agreed on, once should_stop said so
         self._previous: dict[int, object] = {}
+        self._group = False  # the process group of should_stop, made at its first call (False: not yet)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
@@ -101,9 +106,10 @@ class GracefulStop:
 
         When True, :attr:`signum` holds the signal to report: the largest one any rank received."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flags = torch.tensor([float(self.received is not None), float(self.received or 0)],
-                                 dtype=torch.float64, device=_collective_device())
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            if self._group is False:
+                self._group = _host_group()
+            flags = torch.tensor([float(self.received is not None), float(self.received or 0)], dtype=torch.float64)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)  # on the host: no wait for the GPU
             stop, signum = flags.tolist()
             if stop:
                 self.signum = int(signum)

@@ -2,11 +2,14 @@
 # The GPU checks of this project, in one prepared call per phase (see the README's "Training speed" and
 # "Ablation" sections for what they measured). Usage, from the repository root:
 #
-#   bash scripts/gpu_check.sh speed      # CUDA tests, step benchmark (fp32 vs bf16, layouts), profile, loop
-#   bash scripts/gpu_check.sh evidence   # motion benchmark at 128 px, ablation cells at 112 px, launch benchmark
+#   bash scripts/gpu_check.sh speed      # = tests step profile loop: CUDA tests, step benchmark (fp32 vs bf16,
+#                                        #   layouts), profile, loop benchmark
+#   bash scripts/gpu_check.sh evidence   # motion benchmark at 128 px, ablation cells at 112 px
+#   bash scripts/gpu_check.sh launch     # one process vs --multiprocessing-distributed vs torchrun on the demo
 #
 # Every phase runs under its own time limit; the output goes to the terminal and to OUT/log.txt
-# (OUT defaults to runs/gpu_check). MINUTES (default 2) is the pretraining budget of an ablation cell.
+# (OUT defaults to runs/gpu_check). MINUTES (default 2) is the pretraining budget of an ablation cell;
+# LAYOUT (default both) the memory layouts of the step benchmark.
 # TINY=1 shrinks every size so that the whole script can be tried on a CPU first.
 set -u
 export PYTHONUNBUFFERED=1
@@ -21,7 +24,7 @@ phase() {  # phase NAME SECONDS COMMAND...: run COMMAND under a time limit, logg
     shift 2
     echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
     local tic=$SECONDS
-    timeout "$limit" "$@" 2>&1 | grep -v "it/s\]\|s/it\]" | tee -a "$LOG"
+    timeout "$limit" "$@" 2>&1 | grep --line-buffered -v "it/s\]\|s/it\]" | tee -a "$LOG"
     echo "=== $name: status ${PIPESTATUS[0]}, $(( SECONDS - tic )) s" | tee -a "$LOG"
 }
 
@@ -37,14 +40,28 @@ else
     LOOP=(--steps 30)
 fi
 
+header() {
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$LOG"
+    nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm --format=csv 2>&1 | tee -a "$LOG"
+}
+
+header
+phases=()
 for what in "$@"; do
+    if [ "$what" = speed ]; then phases+=(tests step profile loop); else phases+=("$what"); fi
+done
+for what in "${phases[@]}"; do
     case $what in
-    speed)
-        python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$LOG"
-        nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm --format=csv 2>&1 | tee -a "$LOG"
+    tests)
         phase tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_mfo.py
-        phase step 300 python3 scripts/bench_train.py --repeats 5
+        ;;
+    step)
+        phase step 300 python3 scripts/bench_train.py --repeats 5 --layout "${LAYOUT:-both}"
+        ;;
+    profile)
         phase profile 120 python3 scripts/bench_train.py --profile
+        ;;
+    loop)
         phase loop 180 python3 scripts/bench_train.py --loop "${LOOP[@]}"
         ;;
     evidence)
@@ -62,10 +79,12 @@ for what in "$@"; do
             cp "$OUT/$run/ablation.md" "$OUT/${run}_ablation.md" 2>/dev/null
             cp "$OUT/$run/cells/full_s0/pretrain/log.jsonl" "$OUT/${run}_log.jsonl" 2>/dev/null
         done
+        ;;
+    launch)
         phase launch 300 python3 scripts/bench_train.py --launch --repeats 1 --workers 4
         ;;
     *)
-        echo "unknown phase $what (speed, evidence)" >&2
+        echo "unknown phase $what (speed = tests step profile loop; evidence; launch)" >&2
         exit 2
         ;;
     esac

@@ -454,3 +454,112 @@ def test_collapse_warning_needs_a_low_rank_and_no_gain_of_the_probe():
     assert train.collapse_warning(11.6, 512, 0.561, 0.345) is None
     assert ("rank 11.6 of 512 possible (below 5%), the probe's top-1 0.300 (at step 0: 0.345);"
             in train.collapse_warning(11.6, 512, 0.300, 0.345))
+
+
+def test_sigterm_mid_epoch_saves_the_step_and_resume_ends_like_an_uninterrupted_run(csv_file, full_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """SIGTERM during step 3 (epoch 1, step 1): the step finishes, last.pth holds it, one line, status 143;
+    --resume auto then ends with the uninterrupted run's weights (max difference 0.0) and log.jsonl."""
+    import signal
+
+    real, calls = train.train_step, []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the step
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", signalled)
+    out = tmp_path / "stopped"
+    with pytest.raises(SystemExit) as info:
+        run(csv_file, out, "--keep_epochs 1")
+    assert info.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "interrupted at epoch 1, step 1 of the epoch; continue with --resume auto"
+    state = load_checkpoint(out / "last.pth")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 3)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are the test process's again
+    monkeypatch.undo()
+    rest = run(csv_file, out, "--resume auto --keep_epochs 1")
+    assert len(rest) == 1
+    done, want = load_checkpoint(out / "last.pth"), load_checkpoint(full_run[0] / "last.pth")
+    assert max((done["model"][k].float() - v.float()).abs().max().item() for k, v in want["model"].items()) == 0.0
+    for got, line in zip(log_lines(out), log_lines(full_run[0]), strict=True):
+        got.pop("train_seconds"), line.pop("train_seconds")
+        assert got == line
+
+
+def test_two_gloo_workers_stop_together_when_one_gets_the_signal(csv_file, tmp_path):
+    """SIGTERM to rank 1 only (a scheduler may signal one process): both ranks stop at the same step, rank 0
+    saves it, the launcher exits 143 with the one line."""
+    import signal
+    import time
+
+    out = tmp_path / "ddp"
+    launcher = subprocess.Popen([sys.executable, "train.py", *shlex.split(TINY), "--csv_file", csv_file, "--out_dir",
+                                 str(out), "--train_batch", "2", "--epoch", "50", "--multiprocessing-distributed",
+                                 "--nproc", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "tensorboard").is_dir() or not list((out / "tensorboard").iterdir()):
+            assert launcher.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        time.sleep(3)  # a few steps in
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        ranks = [int(pid) for pid in children if "train.py" not in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(ranks) >= 2  # the two spawned trainers (besides any helper process of the launcher)
+        os.kill(ranks[-1], signal.SIGTERM)
+        _, err = launcher.communicate(timeout=240)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 143, err
+    assert re.search(r"interrupted at epoch \d+, step \d of the epoch; continue with --resume auto\n$", err), err
+    state = load_checkpoint(out / "last.pth")
+    assert len(state["rng"]) == 2 and 0 < state["global_step"] < 50 * 2
+
+
+def test_resume_refuses_changed_flags_and_says_when_a_run_is_finished_or_extended(csv_file, full_run, tmp_path,
+                                                                                  capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run[0], out)
+    err = run_error(csv_file, out, "--resume auto --lr 0.01 --seq 10 --img_dim 64")
+    assert re.fullmatch(r"error: --resume \S+last.pth was written with other flags: --img_dim 32 -> 64, --lr 0.001 "
+                        r"-> 0.01, --seq 8 -> 10. A resume keeps the flags of the run \(only .*--epoch .* may "
+                        r"change\); give the checkpoint's values, or start a new run in another --out_dir", err), err
+    capsys.readouterr()
+    assert run(csv_file, out, "--resume auto --workers 1") == []  # --workers may change; nothing left to train
+    assert "nothing left to do: " in capsys.readouterr().out
+    rest = run(csv_file, out, "--resume auto --epoch 3")
+    assert len(rest) == 2 and "extending the run of --epoch 2 to --epoch 3" in capsys.readouterr().out
+    assert [x["epoch"] for x in log_lines(out)] == [0, 1, 2]
+    err = run_error(csv_file, out, "--resume auto --epoch 2")
+    assert "has trained 3 epochs and 0 steps, more than --epoch 2; give --epoch 3 or more" in err
+
+
+def test_resume_auto_after_a_run_that_saved_nothing_starts_afresh(csv_file, tmp_path, capsys):
+    out = tmp_path / "crashed"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "log.jsonl").write_text('{"epoch": -1, "global_step": 0}\n')
+    steps = run(csv_file, out, "--resume auto --max_steps 1")
+    assert len(steps) == 1 and "log.jsonl" in capsys.readouterr().out  # the leftovers were named
+    assert not (out / "log.jsonl").exists() and sorted(p.name for p in out.iterdir()) == ["last.pth", "tensorboard"]
+
+
+@pytest.mark.parametrize("flags, reason", [
+    ("--seq 1", "--seq 1: s3d needs at least 5 frames per clip"),
+    ("--lr -0.01", "--lr must be positive and --wd at least 0, got --lr -0.01"),
+    ("--wd -1", "--lr must be positive and --wd at least 0"),
+    ("--train_batch 1", "--train_batch 1: the contrastive terms need a global batch of at least 2 videos")])
+def test_values_that_cannot_train_are_refused_at_parse_time(flags, reason, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.parse_args(shlex.split(f"{TINY} --csv_file x.csv {flags}"))
+    assert info.value.code == 2 and reason in capsys.readouterr().err
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(csv_file, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert run_error(csv_file, taken) == f"error: --out_dir {taken} is a file, not a folder; pick another --out_dir"
