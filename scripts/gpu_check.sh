@@ -14,6 +14,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/gpu_check}
+WORK=${WORK:-$OUT}  # where the benchmark's videos and the ablation cells go (OUT gets the log and the summaries)
 MINUTES=${MINUTES:-2}
 WORKERS=${WORKERS:-$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))}
 mkdir -p "$OUT"
@@ -65,19 +66,19 @@ for what in "${phases[@]}"; do
         phase loop 180 python3 scripts/bench_train.py --loop "${LOOP[@]}"
         ;;
     evidence)
-        phase data 120 python3 scripts/make_demo_data.py --kind motion --out "$OUT/data" "${DATA[@]}" --workers "$WORKERS"
-        MONITOR="--monitor_train_csv $OUT/data/train.csv --monitor_test_csv $OUT/data/test.csv --monitor_every 2"
+        phase data 120 python3 scripts/make_demo_data.py --kind motion --out "$WORK/data" "${DATA[@]}" --workers "$WORKERS"
+        MONITOR="--monitor_train_csv $WORK/data/train.csv --monitor_test_csv $WORK/data/test.csv --monitor_every 2"
         # random init and full MFO with the README's small-data recipe, then full MFO with the paper's augmentations;
         # the monitor (probe, kNN, rank) runs at step 0 and every 2 epochs of each pretraining
-        phase recipe 600 python3 scripts/ablation.py --out "$OUT/recipe" --data "$OUT/data" --variants random full \
+        phase recipe 600 python3 scripts/ablation.py --out "$WORK/recipe" --data "$WORK/data" --variants random full \
             --seeds 1 "${CELL[@]}" --minutes "$MINUTES" --epoch 100 --workers "$WORKERS" \
             --train_args="--amp $MONITOR --jitter 0 0 0 0 --gray_p 0 --flip_p 0"
-        phase paper_aug 600 python3 scripts/ablation.py --out "$OUT/paper_aug" --data "$OUT/data" --variants full \
+        phase paper_aug 600 python3 scripts/ablation.py --out "$WORK/paper_aug" --data "$WORK/data" --variants full \
             --seeds 1 "${CELL[@]}" --minutes "$MINUTES" --epoch 100 --workers "$WORKERS" \
             --train_args="--amp $MONITOR"
         for run in recipe paper_aug; do
-            cp "$OUT/$run/ablation.md" "$OUT/${run}_ablation.md" 2>/dev/null
-            cp "$OUT/$run/cells/full_s0/pretrain/log.jsonl" "$OUT/${run}_log.jsonl" 2>/dev/null
+            cp "$WORK/$run/ablation.md" "$OUT/${run}_ablation.md" 2>/dev/null
+            cp "$WORK/$run/cells/full_s0/pretrain/log.jsonl" "$OUT/${run}_log.jsonl" 2>/dev/null
         done
         ;;
     launch)
