@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,13 +45,15 @@ class CompileError(UserError):
     """``--compile`` cannot run here (torch.compile failed to trace or to build the backbone)."""
 
 
-# The flags a resume may change (the README's "Stopping and resuming" lists them): where the run writes and how
+# The flags a resume may change (the README's "Pretraining" lists them): where the run writes and how
 # fast it goes, never what it computes. --epoch extends a finished run; --train_batch may change with the number
 # of processes as long as the global batch stays (check_resume); every other flag must be the checkpoint's.
 RESUME_MAY_CHANGE = ("epoch", "max_steps", "workers", "strict_data", "save_every", "keep_epochs", "log_every",
                      "monitor_train_csv", "monitor_test_csv", "monitor_every", "out_dir", "resume", "overwrite",
                      "verbose", "demo", "compile", "train_batch", "multiprocessing_distributed", "nproc",
                      "world_size", "rank", "dist_url", "dist_backend")
+
+HISTORY = 10_000  # per-step values train.main returns: the last this many steps (a long run's would fill memory)
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
 DEMO_DATA = Path("data/demo")
@@ -101,7 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "the heads, the prototype layer, Sinkhorn and every loss stay in float32")
     g.add_argument("--compile", action="store_true",
                    help="compile the backbone with torch.compile (off by default: the first steps then take a "
-                        "minute or more; see the README's 'Training speed' for when it pays)")
+                        "minute or more; see the README's 'Training speed')")
     g.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm layers in eval mode (running statistics); used to compare runs "
                         "over different numbers of workers")
@@ -295,7 +298,7 @@ def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, EpochStrea
                         "--train_batch.")
     samples = SeededSamples(dataset, seed=args.seed, errors=(FrameDecodeError, OSError), strict=args.strict_data)
     loader = DataLoader(samples, batch_size=args.train_batch, sampler=stream, num_workers=args.workers,
-                        pin_memory=ctx.device.type == "cuda", prefetch_factor=4 if args.workers > 0 else None,
+                        pin_memory=ctx.device.type == "cuda", prefetch_factor=2 if args.workers > 0 else None,
                         **loader_kwargs(args.workers))
     return loader, stream
 
@@ -413,7 +416,7 @@ class StepLog:
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, batches,
                     state: RunState, *, steps: int, args: argparse.Namespace, ctx: distributed.Context,
                     objective: Objective, tracker: Tracker, amp: bool, save: Callable[[], None],
-                    history: list[dict], stop: GracefulStop | None = None) -> str | None:
+                    history: list[dict] | deque, stop: GracefulStop | None = None) -> str | None:
     """Train the rest of epoch ``state.epoch`` (``steps`` batches in all) on ``batches``, an iterator of
     ``(clips [B,3,3,T,H,W] on the device, replaced-video counts)`` at the epoch's next batch.
 
@@ -435,6 +438,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Pr
         state.global_step += 1
         state.step_in_epoch += 1
         health = state.global_step % args.log_every == 0 or state.step_in_epoch == steps
+        health = health and ctx.is_main  # the batch's collapse statistics: only rank 0 logs them
         loss, terms, outputs = train_step(model, optimizer, bank, clips, use_graph=use_graph, use_queue=use_queue,
                                           freeze_prototypes=state.epoch == 0, objective=objective, amp=amp,
                                           return_outputs=True)
@@ -461,12 +465,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Pr
                          "data/replaced_videos": state.replaced}, state.global_step)
         bar.update(len(records))
         bar.set_postfix(loss=f"{records[-1]['loss']:.3f}", clips_s=f"{clips_per_step * len(records) / seconds:.1f}")
+        log = StepLog()  # the next interval starts here: a checkpoint's snapshot below counts in it
         if checkpoint:
             save()
         if reason is not None:
             bar.close()
             return reason
-        log = StepLog()
     bar.close()
     return None
 
@@ -486,8 +490,16 @@ class Training:
         return unwrap(self.model)
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore from a checkpoint loaded on the CPU (every tensor is copied onto its device here)."""
         self.core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # Adam's moments in their parameter's memory layout: a checkpoint written on the CPU, or before the
+        # model went channels-last on CUDA, holds them contiguous, and the fused step reads them elementwise
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                for name, value in self.optimizer.state.get(param, {}).items():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        self.optimizer.state[param][name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
         self.scheduler.load_state_dict(state["scheduler"])
         self.bank.load_state_dict(state["bank"])
         self.run.load_state_dict(state)
@@ -527,8 +539,9 @@ class Checkpointer:
     """``last.pth`` (everything an exact resume needs) and the epoch files (what an evaluation needs) of a
     :class:`Training`, written by rank 0 in the background from a snapshot taken at :meth:`save`."""
 
-    def __init__(self, training: Training, args: argparse.Namespace, ctx: distributed.Context):
-        self.training, self.args, self.ctx = training, args, ctx
+    def __init__(self, training: Training, args: argparse.Namespace, ctx: distributed.Context, tracker: Tracker,
+                 videos: int):
+        self.training, self.args, self.ctx, self.tracker, self.videos = training, args, ctx, tracker, videos
         self.writer = BackgroundWriter()
 
     def save(self, epoch_file: str | None = None) -> None:
@@ -536,11 +549,12 @@ class Checkpointer:
         rngs = distributed.all_gather_object(rng_state())
         if not self.ctx.is_main:
             return
+        self.tracker.flush()  # TensorBoard's events up to this step are on disk before the checkpoint that has it
         t, out_dir = self.training, Path(self.args.out_dir)
         weights = host_copy({"model": t.core.state_dict(), "bank": t.bank.state_dict(), "epoch": t.run.epoch,
                              "global_step": t.run.global_step, "args": vars(self.args), "commit": git_commit()})
         last = {**weights, **host_copy({"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-                                        "rng": rngs, **t.run.state_dict()})}
+                                        "rng": rngs, "videos": self.videos, **t.run.state_dict()})}
 
         def write() -> None:
             if epoch_file:
@@ -556,18 +570,22 @@ class Checkpointer:
         self.writer.close()
 
 
-def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Training) -> list[str]:
+def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Training, videos: int) -> list[str]:
     """Restore ``training`` from ``--resume``'s checkpoint, if any, after checking that it continues this run
     exactly; returns the lines to print. A finished run has nothing left to do: :class:`Finished`."""
     path = resolve_resume(args.resume, args.out_dir)
     if path is None:
         return [f"--resume auto: no {Path(args.out_dir) / 'last.pth'} yet, starting from the beginning"] \
             if args.resume else []
-    state = load_checkpoint(path, map_location=ctx.device)
+    state = load_checkpoint(path)  # on the CPU: the random generators' states must stay there
     check_resume(state, path, training.core, args, ctx.world_size, verbose=args.verbose and ctx.is_main)
     parser = get_args_parser()
     check_resume_flags(state["args"], vars(args), may_change=RESUME_MAY_CHANGE, path=path,
                        defaults={name: parser.get_default(name) for name in vars(args)})
+    if state.get("videos", videos) != videos:  # checkpoints from before this check hold no count
+        raise CheckpointError(f"--resume {path} was written for {state['videos']} usable videos in --csv_file "
+                              f"{args.csv_file}, which now gives {videos}: the epochs would hold other samples. "
+                              "Restore the CSV, or start a new run in another --out_dir")
     done, trained = state["epoch"], state["args"]["epoch"]
     if state["step_in_epoch"] == 0 and done == args.epoch:
         raise Finished(f"nothing left to do: {path} is the end of a finished run of {done} epochs; to train "
@@ -608,7 +626,7 @@ def end_of_epoch(training: Training, args: argparse.Namespace, objective: Object
 
 
 def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict]:
-    """Train on one process; returns the per-step values (for in-process callers and tests)."""
+    """Train on one process; returns the values of its last ``HISTORY`` steps (for in-process callers, tests)."""
     if ctx.world_size * args.train_batch < 2:
         raise DataError(f"--train_batch {args.train_batch} on {ctx.world_size} process(es) is a global batch of 1: "
                         "the contrastive terms need at least 2 videos (one clip pair has no negatives); use "
@@ -617,7 +635,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     distributed.seed_worker_process(args.seed + ctx.rank)
     loader, stream = build_loader(args, ctx)
     try:
-        notes = resume_from(args, ctx, training)
+        notes = resume_from(args, ctx, training, videos=len(loader.dataset))
     except Finished as done:
         if ctx.is_main:
             print(done, flush=True)
@@ -645,7 +663,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             [w for w in [img_dim_warning(args.arch, args.img_dim)] if w] + notes:
         tracker.print(line)
     distribute(training, ctx, args.compile)
-    checkpoints = Checkpointer(training, args, ctx)
+    checkpoints = Checkpointer(training, args, ctx, tracker, videos=len(loader.dataset))
 
     def watch(step: int) -> dict[str, float]:
         """Run the monitor (a collective under DDP: every rank runs it) and log its values at ``step``."""
@@ -653,7 +671,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, step)
         return {f"monitor_{k}": v for k, v in seen.items()}
 
-    history: list[dict] = []
+    history: deque[dict] = deque(maxlen=HISTORY)
     warned_collapse = False
     # the global batch equals the checkpoint's, so step_in_epoch global steps are step_in_epoch local batches
     stream.set_span(run.epoch, args.epoch, skip=run.step_in_epoch * args.train_batch)
@@ -663,6 +681,8 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             if monitor is not None and run.global_step == 0:  # the backbone at initialisation: each curve's reference
                 run.reference = watch(0)
                 tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
+                tracker.print("step 0, the backbone at initialisation: " +
+                              ", ".join(f"{k} {v:.4g}" for k, v in run.reference.items()))
             while run.epoch < args.epoch:
                 reason = train_one_epoch(training.model, training.optimizer, training.bank, batches, run,
                                          steps=stream.steps_per_epoch, args=args, ctx=ctx, objective=objective,
@@ -673,7 +693,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                         raise stop.interrupted(f"interrupted at epoch {run.epoch}, step {run.step_in_epoch} of the "
                                                "epoch; continue with --resume auto" if ctx.is_main else "")
                     tracker.print(f"stopped after {run.global_step} steps (--max_steps); continue with --resume auto")
-                    return history
+                    return list(history)
                 epoch = run.epoch
                 summary = end_of_epoch(training, args, objective, stream.steps_per_epoch, watch if monitor else None)
                 if "monitor_erank" in summary:
@@ -710,7 +730,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         batches.close()  # stops the loader's workers
         checkpoints.close()
         tracker.close()
-    return history
+    return list(history)
 
 
 def compile_failure(error: Exception) -> bool:

@@ -1,5 +1,5 @@
 """DataLoader settings for video clips: fork the workers, keep freed memory in the loading process, and
-leave stop signals to the main process.
+leave Ctrl-C to the main process.
 
 **Fork.** A DataLoader starts its workers with the default start method of the process that builds
 it. In a plain process on Linux that is ``fork``: a worker is a copy of the trainer, ready at once.
@@ -27,7 +27,7 @@ import ctypes.util
 import multiprocessing
 import sys
 
-from engine.interrupt import ignore_stop_signals
+from engine.interrupt import worker_stop_signals
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit systems (half its heap size)
@@ -53,10 +53,10 @@ def keep_freed_memory() -> bool:
 
 def loader_worker_init(worker_id: int) -> None:
     """``worker_init_fn`` for DataLoaders of video clips: ``keep_freed_memory`` in the worker, which also
-    ignores SIGINT and SIGTERM: its main process stops the run at a step boundary and ends the workers
-    (``engine.interrupt``)."""
+    leaves SIGINT to its main process (that stops the run at a step boundary) and ends quietly on SIGTERM
+    (``engine.interrupt.worker_stop_signals``)."""
     keep_freed_memory()
-    ignore_stop_signals()
+    worker_stop_signals()
 
 
 def worker_context():

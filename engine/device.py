@@ -27,9 +27,11 @@ def prefetch(batches: Iterable[tuple], device: torch.device) -> Iterator[tuple]:
     """Yield each ``(tensor, *rest)`` of ``batches`` with ``tensor`` on ``device``.
 
     On CUDA, batch ``n + 1`` is copied on a side stream (``non_blocking``: from pinned memory the copy
-    does not block the host) while the caller computes on batch ``n``; the compute stream waits for
-    that copy before it uses the batch. ``rest`` is passed through untouched (e.g. counts that stay
-    on the host). Elsewhere each batch is moved when it is asked for.
+    does not block the host) when the caller asks for it, after queueing its work on batch ``n``: the
+    copy runs while the GPU still computes on ``n``, unless the caller waited for the GPU in between
+    (a trainer's read of its values, once per logging interval), in which case that one copy runs
+    alone. The compute stream waits for the copy before it uses the batch. ``rest`` is passed through
+    untouched (e.g. counts that stay on the host). Elsewhere each batch is moved when it is asked for.
     """
     if device.type != "cuda":
         for tensor, *rest in batches:

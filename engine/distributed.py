@@ -213,6 +213,9 @@ class _ForwardStop(GracefulStop):
                 pass
 
 
+_STOPPED_EARLY = "interrupted before the workers could save anything; start again (or --resume auto)"
+
+
 def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> None:
     """``mp.spawn`` of ``nprocs`` workers that carries their user errors and interruptions back to here."""
     with tempfile.TemporaryDirectory(prefix="mfo-launch-", ignore_cleanup_errors=True) as reports:
@@ -220,17 +223,24 @@ def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> Non
                                      join=False, start_method="spawn")
         with _ForwardStop(context.pids()) as forward:
             try:
-                while not context.join(timeout=1.0):  # wake up each second: a signal's handler runs here
+                # wake up each second (a signal's handler runs here); when a worker fails, the others are
+                # killed at once (grace 0): they may wait for it in a collective, and a SIGTERM would only
+                # make them announce a stop they cannot reach
+                while not context.join(timeout=1.0, grace_period=0):
                     pass
             except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
                 reported = _reported(reports, first=e.error_index)
                 if isinstance(reported, UserError):
                     raise reported from None
+                if forward.received and not isinstance(e, mp.ProcessRaisedException):
+                    raise Interrupted(_STOPPED_EARLY, forward.received) from None  # the stop killed a worker
                 raise
         reported = _reported(reports, first=0)
         if isinstance(reported, Interrupted):
             # the launcher's own signal, when it got one, is the one the user sent (its workers get SIGTERM)
             raise Interrupted(str(reported), forward.received or reported.signum) from None
+        if forward.received:  # a stop before the workers could take it (while they started): they just ended
+            raise Interrupted(_STOPPED_EARLY, forward.received)
 
 
 def launch(worker: Callable, payload, how: Launch = Launch()):

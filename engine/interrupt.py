@@ -20,11 +20,16 @@ Rules, and why:
   after every optimizer step); it costs one all-reduce of two numbers between processes and never
   waits for the GPU, so a trainer can ask after every step. Without a process group it reads the
   local state and costs nothing.
-* **DataLoader workers ignore both signals** (:func:`ignore_stop_signals`, installed by
-  ``datasets.loader``): the terminal's Ctrl-C reaches every process of its process group, workers
-  included, and torch's worker loop exits on a ``KeyboardInterrupt``, which would turn the step being
-  loaded into a "worker exited unexpectedly" error. A worker ends when its loader does (or when its
-  parent dies: torch's watchdog).
+* **DataLoader workers ignore SIGINT and end quietly on SIGTERM** (:func:`worker_stop_signals`,
+  installed by ``datasets.loader``). The terminal's Ctrl-C reaches every process of its process
+  group, workers included, and torch's worker loop exits on a ``KeyboardInterrupt``, which would turn
+  the step being loaded into a "worker exited unexpectedly" error: workers leave SIGINT to their main
+  process. SIGTERM must still end a worker: it is how multiprocessing ends daemonic children at
+  interpreter exit (``terminate`` then ``join``) and how torch ends a worker that does not stop on its
+  own; a worker that ignored it made a process that still held a loader wait forever at exit. It ends
+  with status 0, because torch's main process raises, from its SIGCHLD handler and at any point of the
+  step, when a worker dies of a signal or with another status, which would break the step and its
+  save when a scheduler signals every process of a job.
 * Handlers are installed only in the main thread (Python runs them there only); elsewhere the
   object is inert and ``should_stop`` still takes part in the collective. The previous handlers are
   restored on exit.
@@ -44,10 +49,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 NOTICE = "{name} received: stopping after the current step (Ctrl-C again to stop at once, without saving)"
 
 
-def ignore_stop_signals() -> None:
-    """Ignore SIGINT and SIGTERM in this process (DataLoader workers: their main process decides)."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+def _end_quietly(signum: int, frame) -> None:
+    os._exit(0)  # no cleanup: a worker's state is disposable, and an exception here would reach torch's loop
+
+
+def worker_stop_signals() -> None:
+    """In a DataLoader worker: ignore SIGINT and end with status 0 on SIGTERM (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_quietly)
 
 
 def _host_group():

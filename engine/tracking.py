@@ -39,7 +39,8 @@ def check_finite(loss: float | torch.Tensor, terms: dict, step: int) -> None:
     detail = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(terms.items()) if k != "loss")
     raise NonFiniteLossError(
         f"non-finite loss {loss} at global step {step} (terms: {detail}). "
-        "The last good checkpoint is kept; lower --lr or try without --amp, then --resume.")
+        "The last good checkpoint is kept, but resuming it repeats the same steps: start a new run with a lower "
+        "--lr, or without --amp (another --out_dir, or --overwrite).")
 
 
 class Tracker:
@@ -100,6 +101,11 @@ class Tracker:
     def progress(self, iterable=None, **kwargs) -> tqdm:
         """A tqdm bar on the main process, a silent one elsewhere."""
         return tqdm(iterable, disable=not self.enabled, dynamic_ncols=True, **kwargs)
+
+    def flush(self) -> None:
+        """Write the TensorBoard events logged so far to disk (the writer otherwise flushes every 2 minutes)."""
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -82,18 +82,23 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
     run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
+def check_clip_and_optimiser(parser: argparse.ArgumentParser, *, arch: str, seq: int, lr: float, wd: float) -> None:
+    """Stop with a parser error on a clip too short for ``arch`` or an lr / weight decay no optimiser takes."""
+    if seq < min_seq(arch):
+        parser.error(f"--seq {seq}: {arch} needs at least {min_seq(arch)} frames per clip (its temporal "
+                     "strides leave no time step below that)")
+    if not lr > 0:
+        parser.error(f"--lr must be positive, got {lr:g}")
+    if not wd >= 0:
+        parser.error(f"--wd must be >= 0, got {wd:g}")
+
+
 def check_downstream_args(parser: argparse.ArgumentParser, cfg: "Protocol") -> None:
     """Stop with a parser error on values that cannot work."""
     for name in ("epochs", "batch_size", "seq", "img_dim"):
         if getattr(cfg, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.seq < min_seq(cfg.arch):
-        parser.error(f"--seq {cfg.seq}: {cfg.arch} needs at least {min_seq(cfg.arch)} frames per clip (its temporal "
-                     "strides leave no time step below that)")
-    if not cfg.lr > 0:
-        parser.error(f"--lr must be positive, got {cfg.lr:g}")
-    if not cfg.wd >= 0:
-        parser.error(f"--wd must be >= 0, got {cfg.wd:g}")
+    check_clip_and_optimiser(parser, arch=cfg.arch, seq=cfg.seq, lr=cfg.lr, wd=cfg.wd)
     if cfg.workers < 0:
         parser.error(f"--workers must be >= 0, got {cfg.workers}")
     if cfg.overwrite and cfg.resume:

@@ -12,8 +12,6 @@ ever loaded: everything is built with ``weights=None`` and initialised from scra
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.video import S3D, VideoResNet, r2plus1d_18
 from torchvision.models.video.resnet import BasicBlock, Conv3DSimple
@@ -24,27 +22,6 @@ LEVELS = ("low", "mid", "high")  # the names of the maps every backbone returns,
 # 8 for layers 2-4; 32 for S3D. An input side below it gives a last map of one position that sees mostly
 # padding (S3D fails outright below 17 pixels); below twice it, the last map has one real position a side.
 HIGH_STRIDE = {"r3d18": 32, "r2plus1d18": 16, "s3d": 32}
-
-
-class StemConv3d(nn.Conv3d):
-    """A ``Conv3d`` on the RGB input that zero-pads its input channels to a multiple of 8 (the input and
-    the weight alike: the same result) when the input is channels-last.
-
-    Why: channels-last 3D convolutions run on cuDNN's tensor-core kernels when the channel count is a
-    multiple of 8; with the 3 channels of RGB, cuDNN falls back to a slow "indexed" kernel. On one
-    H200 (bfloat16, batch 64, 16 x 112 x 112) that fallback took 32 ms forward and 15 ms weight
-    gradient a step for the 7x7x7 stem alone, a third of the backbone's time. The weight keeps its
-    ``[out, 3, ...]`` shape and its gradient (the padded channels are constant zeros).
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        pad = -self.in_channels % 8
-        if pad == 0 or not x.is_contiguous(memory_format=torch.channels_last_3d) or x.is_contiguous():
-            return super().forward(x)
-        widen = (0, 0, 0, 0, 0, 0, 0, pad)  # the channel dim of [N, C, T, H, W] / [out, C, t, h, w]
-        x = F.pad(x, widen).contiguous(memory_format=torch.channels_last_3d)  # [N,C+pad,T,H,W]
-        weight = F.pad(self.weight, widen).contiguous(memory_format=torch.channels_last_3d)
-        return F.conv3d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def temporal_steps(arch: str, seq: int) -> tuple[int, int, int]:
@@ -77,7 +54,7 @@ class HaraStem(nn.Sequential):
 
     def __init__(self) -> None:
         super().__init__(
-            StemConv3d(3, 64, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False),
+            nn.Conv3d(3, 64, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False),
             nn.BatchNorm3d(64),
             nn.ReLU(inplace=True),
             nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),

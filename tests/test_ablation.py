@@ -94,8 +94,9 @@ def test_cells_run_seed_by_seed_and_the_table_follows_each_cell(data, tmp_path, 
                 "knn": value, "order": 0.5, "erank": 10.0, "knn_mid": value, "knn_low": value}
 
     monkeypatch.setattr(ablation, "run_cell", fake_cell)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as info:  # Ctrl-C: one line, status 130, as every entry point
         ablation.main(["--out", str(out), "--data", str(data), "--variants", "random", "inst", "--seeds", "2"])
+    assert info.value.code == 130
     assert order == [("random", 0), ("inst", 0), ("random", 1)]  # every variant's seed 0 first
     table = (out / "ablation.md").read_text()  # written after the third cell, before the stop
     assert "| random (random init) | 2 | – | 20.0 ± 14.1 | – |" in table  # probe of cells 1 and 3: 10 and 30

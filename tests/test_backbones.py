@@ -104,32 +104,6 @@ def test_high_stride_gives_the_size_of_the_last_map(name):
                 net(torch.zeros(1, 3, 8, stride // 2, stride // 2))
 
 
-def test_stem_pads_channels_last_inputs_to_8_channels_with_the_same_result(monkeypatch):
-    """StemConv3d widens a channels-last RGB input and its weight with zero channels (cuDNN's fast kernels
-    need a multiple of 8): output and weight gradient equal the plain convolution's."""
-    from models import backbones
-
-    torch.manual_seed(0)
-    stem = backbones.StemConv3d(3, 8, kernel_size=3, stride=(1, 2, 2), padding=1, bias=False)
-    x = torch.randn(2, 3, 4, 9, 9)
-    want = torch.nn.functional.conv3d(x, stem.weight, None, stem.stride, stem.padding)
-    (grad_want,) = torch.autograd.grad(want.square().sum(), [stem.weight])
-    widths, real = [], torch.nn.functional.conv3d
-
-    def spy(inputs, weight, *args):
-        widths.append((inputs.shape[1], weight.shape[1]))
-        return real(inputs, weight, *args)
-
-    monkeypatch.setattr(backbones.F, "conv3d", spy)
-    got = stem(x.contiguous(memory_format=torch.channels_last_3d))
-    plain = stem(x)
-    (grad_got,) = torch.autograd.grad(got.square().sum(), [stem.weight])
-    assert widths == [(8, 8), (3, 3)]  # the channels-last call went through the widened conv, the plain one not
-    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(plain, want, atol=1e-5)
-    assert stem.weight.shape == (8, 3, 3, 3, 3) and torch.allclose(grad_got, grad_want, atol=1e-4)
-    assert isinstance(build_backbone("r3d18").stem[0], backbones.StemConv3d)
-
-
 @pytest.mark.parametrize("arch", BACKBONES)
 def test_temporal_steps_and_min_seq_match_what_the_backbone_does(arch):
     torch.manual_seed(0)

@@ -97,7 +97,7 @@ def test_command_line_builds_the_motion_benchmark(tmp_path, capsys):
     assert all(r.frames == 5 for r in read_csv(out / "pretrain.csv"))
     assert exit_status(main, ["--kind", "motion", "--out", str(tmp_path / "bad"), "--classes", "3"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
-    assert main(["--kind", "motion", "--out", str(tmp_path / "bad"), "--workers", "0"]) == 2
+    assert exit_status(main, ["--kind", "motion", "--out", str(tmp_path / "bad"), "--workers", "0"]) == 2
     assert capsys.readouterr().err == "error: workers=0: need at least 1 process\n"
     assert not (tmp_path / "bad").exists()
     # the shared-appearance control is marked on disk; asking for the other one in its folder is an error

@@ -112,14 +112,36 @@ def _steps_until_stopped(ctx, ready_dir: str) -> None:
                 raise stop.interrupted(f"interrupted at step {step}" if ctx.is_main else "")
 
 
-def test_a_sigterm_to_the_launcher_stops_every_worker_at_one_step(tmp_path):
-    def signal_when_ready():
+def sigterm_when_ready(folder: Path, workers: int = 2) -> None:
+    """SIGTERM to this process (the launcher) once ``workers`` files are in ``folder``: each worker's 'ready'."""
+    def wait_then_signal():
         deadline = time.monotonic() + 120
-        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        while len(list(folder.iterdir())) < workers and time.monotonic() < deadline:
             time.sleep(0.05)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
-    threading.Thread(target=signal_when_ready, daemon=True).start()
+    threading.Thread(target=wait_then_signal, daemon=True).start()
+
+
+def test_a_sigterm_to_the_launcher_stops_every_worker_at_one_step(tmp_path):
+    sigterm_when_ready(tmp_path)
     with pytest.raises(Interrupted) as info:
         launch(_steps_until_stopped, str(tmp_path), Launch(spawn=True, nproc=2))
     assert info.value.status == 143 and re.fullmatch(r"interrupted at step \d+", str(info.value))
+
+
+def _starting(ctx, ready_dir: str) -> None:
+    """A worker still starting (no stop handlers yet): a SIGTERM ends it where it is."""
+    (Path(ready_dir) / str(ctx.rank)).touch()
+    time.sleep(60)
+
+
+def test_a_stop_before_the_workers_take_it_is_an_interruption_not_a_traceback(tmp_path):
+    """The launcher forwards its SIGTERM to workers that have not installed their handlers yet: they die of
+    it, and the run ends as an interruption (one line, status 143), not as a crash of a worker."""
+    sigterm_when_ready(tmp_path)
+    tic = time.monotonic()
+    with pytest.raises(Interrupted) as info:
+        launch(_starting, str(tmp_path), Launch(spawn=True, nproc=2))
+    assert info.value.status == 143 and "before the workers could save anything" in str(info.value)
+    assert time.monotonic() - tic < 50  # the other worker was not waited for

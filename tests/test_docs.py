@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import train
 from evaluation.protocol import RESUME_MAY_CHANGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,13 +59,17 @@ def test_linked_files_exist():
             assert (ROOT / Path(name).parent / target).exists(), f"{name}: link to {target}"
 
 
-def test_the_readme_lists_the_flags_a_resume_may_change():
+@pytest.mark.parametrize("section, flags", [("### Stopping and resuming a run", RESUME_MAY_CHANGE),
+                                            ("**A resume keeps the run's flags.**", train.RESUME_MAY_CHANGE)])
+def test_the_readme_lists_the_flags_a_resume_may_change(section, flags):
+    """The evaluation tools' table and train.py's, each against the list its code uses."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = readme[readme.index("### Stopping and resuming a run"):]
+    table = readme[readme.index(section):]
     table = table[:table.index("\n\n", table.index("| flag |"))]
-    listed = sorted(re.findall(r"`--(\w+)`", "".join(line.split("|")[1] for line in table.splitlines()
-                                                       if line.startswith("| `"))))
-    assert listed == sorted(RESUME_MAY_CHANGE)
+    rows = [line.strip() for line in table.splitlines() if line.strip().startswith("| `")]
+    named = re.findall(r"`--([\w-]+)`", "".join(row.split("|")[1] for row in rows))
+    listed = sorted(name.replace("-", "_") for name in named)
+    assert listed == sorted(flags)
 
 
 @pytest.mark.parametrize("needle", ["MIT License", "Copyright (c) 2026 the mfo authors"])

@@ -498,14 +498,14 @@ def test_two_gloo_workers_stop_together_when_one_gets_the_signal(csv_file, tmp_p
 
     out = tmp_path / "ddp"
     launcher = subprocess.Popen([sys.executable, "train.py", *shlex.split(TINY), "--csv_file", csv_file, "--out_dir",
-                                 str(out), "--train_batch", "2", "--epoch", "50", "--multiprocessing-distributed",
-                                 "--nproc", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 str(out), "--train_batch", "2", "--epoch", "50", "--save_every", "1",
+                                 "--multiprocessing-distributed", "--nproc", "2"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
-        while not (out / "tensorboard").is_dir() or not list((out / "tensorboard").iterdir()):
+        while not (out / "last.pth").is_file():  # a step is saved: both ranks are in their loops, handlers set
             assert launcher.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.5)
-        time.sleep(3)  # a few steps in
+            time.sleep(0.2)
         children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
         ranks = [int(pid) for pid in children if "train.py" not in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(ranks) >= 2  # the two spawned trainers (besides any helper process of the launcher)
@@ -563,3 +563,37 @@ def test_an_out_dir_that_is_a_file_is_one_line(csv_file, tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("a file")
     assert run_error(csv_file, taken) == f"error: --out_dir {taken} is a file, not a folder; pick another --out_dir"
+
+
+def test_a_resume_lays_adam_state_out_like_the_channels_last_parameters(csv_file, full_run):
+    """A checkpoint written by a contiguous model (on the CPU), resumed by a channels-last one (as on CUDA):
+    Adam's moments must take each parameter's memory layout (the fused step reads them elementwise) and
+    keep their values."""
+    args = train.parse_args(shlex.split(f"{TINY} --csv_file {csv_file}"))
+    ctx = train.distributed.Context(0, 1, 0, torch.device("cpu"))
+    training = train.build_training(args, ctx)
+    training.core.channels_last()
+    state = load_checkpoint(full_run[0] / "last.pth")
+    training.load_state_dict(state)
+    params = dict(training.core.named_parameters())
+    weight = next(p for p in params.values() if p.dim() == 5)  # the first 3D convolution's
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    moments = training.optimizer.state[weight]
+    assert moments["exp_avg"].stride() == weight.stride() and moments["exp_avg_sq"].stride() == weight.stride()
+    index = list(params.values()).index(weight)
+    saved = state["optimizer"]["state"][index]
+    assert torch.equal(moments["exp_avg"], saved["exp_avg"]) and torch.equal(moments["exp_avg_sq"], saved["exp_avg_sq"])
+
+
+def test_resume_refuses_a_csv_that_now_gives_other_videos(csv_file, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(Path(csv_file).parent, data)
+    run(str(data / "pretrain.csv"), tmp_path / "run", "--max_steps 1")
+    rows = (data / "pretrain.csv").read_text().splitlines(keepends=True)
+    (data / "pretrain.csv").write_text("".join(rows[:-1]))  # a video dropped since the checkpoint
+    err = run_error(str(data / "pretrain.csv"), tmp_path / "run", "--resume auto")
+    assert re.fullmatch(r"error: --resume \S+last.pth was written for 8 usable videos in --csv_file \S+pretrain.csv, "
+                        r"which now gives 7: the epochs would hold other samples. Restore the CSV, or start a new "
+                        r"run in another --out_dir", err), err

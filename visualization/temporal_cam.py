@@ -31,8 +31,9 @@ from engine.errors import exit_on_error
 from engine.rundir import OutDirError, check_out_dir
 from engine.tracking import Tracker, format_args
 from evaluation.loop import train_epoch
+from evaluation.protocol import check_clip_and_optimiser
 from evaluation.report import write_json
-from models import BACKBONES, build_backbone, min_seq
+from models import BACKBONES, build_backbone
 from visualization.cam import (CLASS_NAMES, OrderClassifier, clip_cam, constant_cam_warning, order_head, to_rgb,
                                with_reversed, write_clip_images)
 
@@ -76,13 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--num_videos and --workers must not be negative")
     if not 0.0 < args.lr_decay <= 1.0:
         p.error(f"--lr_decay is a fraction of the epochs in (0, 1], got {args.lr_decay}")
-    if args.seq < min_seq(args.arch):
-        p.error(f"--seq {args.seq}: {args.arch} needs at least {min_seq(args.arch)} frames per clip (its temporal "
-                "strides leave no time step below that)")
-    if not args.lr > 0:
-        p.error(f"--lr must be positive, got {args.lr:g}")
-    if not args.wd >= 0:
-        p.error(f"--wd must be >= 0, got {args.wd:g}")
+    check_clip_and_optimiser(p, arch=args.arch, seq=args.seq, lr=args.lr, wd=args.wd)
     return args
 
 
