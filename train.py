@@ -413,21 +413,22 @@ class StepLog:
         return records, seconds
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, batches,
-                    state: RunState, *, steps: int, args: argparse.Namespace, ctx: distributed.Context,
-                    objective: Objective, tracker: Tracker, amp: bool, save: Callable[[], None],
-                    history: list[dict] | deque, stop: GracefulStop | None = None) -> str | None:
-    """Train the rest of epoch ``state.epoch`` (``steps`` batches in all) on ``batches``, an iterator of
+def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse.Namespace,
+                    ctx: distributed.Context, objective: Objective, tracker: Tracker, amp: bool,
+                    save: Callable[[], None], history: list[dict] | deque,
+                    stop: GracefulStop | None = None) -> str | None:
+    """Train the rest of epoch ``training.run.epoch`` (``steps`` batches in all) on ``batches``, an iterator of
     ``(clips [B,3,3,T,H,W] on the device, replaced-video counts)`` at the epoch's next batch.
 
     Values are read every ``--log_every`` steps, at the epoch's last step and before a checkpoint
     (``save()``: every ``--save_every`` steps, at ``--max_steps`` and when ``stop`` says so, asked after
-    every step on every rank): TensorBoard gets their means over the interval, ``history`` and ``state``
-    every step's values. Returns None at the end of the epoch, else why it stopped early after saving
+    every step on every rank): TensorBoard gets their means over the interval, ``history`` and
+    ``training.run`` every step's values. Returns None at the end of the epoch, else why it stopped early after saving
     (``"max_steps"`` or ``"signal"``).
     """
+    state = training.run
     use_graph, use_queue = state.epoch >= args.split, state.epoch >= args.queue_start
-    set_train_mode(model, args.freeze_bn)
+    set_train_mode(training.model, args.freeze_bn)
     clips_per_step = 3 * args.train_batch * ctx.world_size
     bar = tracker.progress(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch}")
     log = StepLog()
@@ -437,9 +438,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Pr
         log.waited += time.perf_counter() - tic
         state.global_step += 1
         state.step_in_epoch += 1
-        health = state.global_step % args.log_every == 0 or state.step_in_epoch == steps
-        health = health and ctx.is_main  # the batch's collapse statistics: only rank 0 logs them
-        loss, terms, outputs = train_step(model, optimizer, bank, clips, use_graph=use_graph, use_queue=use_queue,
+        # the batch's collapse statistics, which only rank 0 logs
+        health = ctx.is_main and (state.global_step % args.log_every == 0 or state.step_in_epoch == steps)
+        loss, terms, outputs = train_step(training.model, training.optimizer, training.bank, clips,
+                                          use_graph=use_graph, use_queue=use_queue,
                                           freeze_prototypes=state.epoch == 0, objective=objective, amp=amp,
                                           return_outputs=True)
         log.add(state.global_step, {"loss": loss.detach(), **terms}, outputs if health else None,
@@ -453,13 +455,14 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Pr
         records, seconds = log.read()
         state.replaced += int(distributed.sum_over_workers(log.replaced))  # a collective: the same step on all ranks
         state.seconds += seconds
+        interval = RunState()
         for record in records:
             state.add(record)
+            interval.add(record)
         history.extend(records)
-        means = {name: sum(r[name] for r in records if name in r) / sum(name in r for r in records)
-                 for name in records[-1]}
-        tracker.scalars({f"train/{k}": v for k, v in means.items()}, state.global_step)
-        tracker.scalars({"train/lr": optimizer.param_groups[0]["lr"], "speed/step_seconds": seconds / len(records),
+        tracker.scalars({f"train/{k}": v for k, v in interval.means().items()}, state.global_step)
+        tracker.scalars({"train/lr": training.optimizer.param_groups[0]["lr"],
+                         "speed/step_seconds": seconds / len(records),
                          "speed/clips_per_s": clips_per_step * len(records) / seconds,
                          "speed/data_wait_fraction": log.waited / seconds,
                          "data/replaced_videos": state.replaced}, state.global_step)
@@ -634,8 +637,9 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     training = build_training(args, ctx)
     distributed.seed_worker_process(args.seed + ctx.rank)
     loader, stream = build_loader(args, ctx)
+    videos = len(loader.dataset)
     try:
-        notes = resume_from(args, ctx, training, videos=len(loader.dataset))
+        notes = resume_from(args, ctx, training, videos=videos)
     except Finished as done:
         if ctx.is_main:
             print(done, flush=True)
@@ -663,7 +667,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             [w for w in [img_dim_warning(args.arch, args.img_dim)] if w] + notes:
         tracker.print(line)
     distribute(training, ctx, args.compile)
-    checkpoints = Checkpointer(training, args, ctx, tracker, videos=len(loader.dataset))
+    checkpoints = Checkpointer(training, args, ctx, tracker, videos=videos)
 
     def watch(step: int) -> dict[str, float]:
         """Run the monitor (a collective under DDP: every rank runs it) and log its values at ``step``."""
@@ -684,9 +688,9 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                 tracker.print("step 0, the backbone at initialisation: " +
                               ", ".join(f"{k} {v:.4g}" for k, v in run.reference.items()))
             while run.epoch < args.epoch:
-                reason = train_one_epoch(training.model, training.optimizer, training.bank, batches, run,
-                                         steps=stream.steps_per_epoch, args=args, ctx=ctx, objective=objective,
-                                         tracker=tracker, amp=amp, save=checkpoints.save, history=history, stop=stop)
+                reason = train_one_epoch(training, batches, steps=stream.steps_per_epoch, args=args, ctx=ctx,
+                                         objective=objective, tracker=tracker, amp=amp, save=checkpoints.save,
+                                         history=history, stop=stop)
                 if reason is not None:
                     checkpoints.wait()
                     if reason == "signal":

@@ -143,12 +143,12 @@ def bench_loop(arch: str, batch: int, seq: int, img: int, amp: bool, steps: int,
         ctx = train.distributed.Context(0, 1, 0, device)
         loop_seconds = []
         for _ in range(2):  # the first pass warms the prefetcher's stream and the TensorBoard writer
-            state = train.RunState(epoch=1)
+            training = train.Training(model, optimizer, None, bank, train.RunState(epoch=1))  # no lr schedule
             batches = prefetch(((host, replaced) for _ in range(steps)), device)
             synchronize(device)
             tic = time.perf_counter()
-            train.train_one_epoch(model, optimizer, bank, batches, state, steps=steps, args=args, ctx=ctx,
-                                  objective=Objective(), tracker=tracker, amp=amp, save=lambda: None, history=[])
+            train.train_one_epoch(training, batches, steps=steps, args=args, ctx=ctx, objective=Objective(),
+                                  tracker=tracker, amp=amp, save=lambda: None, history=[])
             synchronize(device)
             loop_seconds.append((time.perf_counter() - tic) / steps)
         tracker.close()

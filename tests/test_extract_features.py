@@ -12,6 +12,7 @@ from datasets.index import write_csv
 from engine.checkpoint import save_checkpoint
 from models import MFOModel, build_backbone
 from scripts.extract_features import main
+from tests.cli import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ, IMG = 8, 32
@@ -70,12 +71,7 @@ def test_without_per_clip_only_video_features(data, tmp_path):
 
 
 def error_of(argv) -> str:
-    """The one line ``main`` ends with (Python prints it on stderr, status 1)."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    line = str(info.value.code)
-    assert line.startswith("error: ") and "\n" not in line, line
-    return line
+    return error_line(lambda: main(argv))
 
 
 def test_bad_checkpoint_csv_or_out_is_one_line_and_writes_nothing(data, tmp_path):

@@ -17,6 +17,7 @@ from engine.checkpoint import load_backbone
 from models import MFOModel, build_backbone
 from datasets.demo import make_demo_data
 from visualization.cam import OrderClassifier, constant_cam_warning, high_map_size, order_head, pooled_logits, to_rgb
+from tests.cli import error_line
 from visualization.temporal_cam import cam, draw_videos, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,12 +153,7 @@ def test_paper_defaults(tmp_path):
 
 
 def error_of(args) -> str:
-    """The one line ``main`` ends with (Python prints it on stderr, status 1)."""
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    line = str(info.value.code)
-    assert line.startswith("error: ") and "\n" not in line, line
-    return line
+    return error_line(lambda: main(args))
 
 
 def test_missing_checkpoint_is_a_readable_error(data, tmp_path):

@@ -20,6 +20,7 @@ from datasets.demo import make_demo_data
 from engine.checkpoint import load_backbone, load_checkpoint, save_checkpoint
 from losses import PrototypeBank
 from models import MFOModel
+from tests.cli import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 videos, 4 per batch: 2 steps per epoch; graph and whole-bank Sinkhorn from epoch 1. S3D: the backbone
@@ -40,11 +41,7 @@ def run(csv_file: str, out_dir: Path, extra: str = "") -> list[dict]:
 
 def run_error(csv_file: str, out_dir: Path, extra: str = "") -> str:
     """The message of a run that must stop with a user error: one line `error: ...`."""
-    with pytest.raises(SystemExit) as info:
-        run(csv_file, out_dir, extra)
-    message = str(info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
+    return error_line(lambda: run(csv_file, out_dir, extra))
 
 
 def log_lines(out_dir: Path) -> list[dict]:
@@ -406,9 +403,10 @@ def test_logged_step_times_add_up_to_the_loop_wall_time_and_values_are_read_per_
                                         "--cluster 4 --channel 16 --queue_size 16 --log_every 2 --save_every 0"))
     tracker, state, history = Recorder(), train.RunState(epoch=1), []
     bank = PrototypeBank(size=16, cluster=4, generator=torch.Generator().manual_seed(0))
+    training = train.Training(model, torch.optim.Adam(model.parameters()), None, bank, state)  # no lr schedule
     tic = time.perf_counter()
-    stopped = train.train_one_epoch(model, torch.optim.Adam(model.parameters()), bank, slow_batches(), state, steps=6,
-                                    args=args, ctx=train.distributed.Context(0, 1, 0, torch.device("cpu")),
+    stopped = train.train_one_epoch(training, slow_batches(), steps=6, args=args,
+                                    ctx=train.distributed.Context(0, 1, 0, torch.device("cpu")),
                                     objective=train.Objective(), tracker=tracker, amp=False, save=None,
                                     history=history)
     wall = time.perf_counter() - tic
