@@ -413,6 +413,14 @@ class StepLog:
         return records, seconds
 
 
+def reads_at(global_step: int, step_in_epoch: int, steps: int, log_every: int) -> bool:
+    """Whether the step just done ends a logging interval (every ``log_every`` global steps, and the epoch's
+    last step). A function of counters that every rank shares, so every rank reaches the interval's
+    collectives at the same step: a rank-dependent term here is a deadlock (a rank that skips the read
+    leaves the others waiting in it)."""
+    return global_step % log_every == 0 or step_in_epoch == steps
+
+
 def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse.Namespace,
                     ctx: distributed.Context, objective: Objective, tracker: Tracker, amp: bool,
                     save: Callable[[], None], history: list[dict] | deque,
@@ -438,22 +446,26 @@ def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse
         log.waited += time.perf_counter() - tic
         state.global_step += 1
         state.step_in_epoch += 1
-        # the batch's collapse statistics, which only rank 0 logs
-        health = ctx.is_main and (state.global_step % args.log_every == 0 or state.step_in_epoch == steps)
+        # whether this step reads (and so reaches the collectives below) depends only on counters and flags
+        # that every rank shares; the rank decides only what it keeps: the batch's health, which rank 0 logs
+        read = reads_at(state.global_step, state.step_in_epoch, steps, args.log_every)
+        health = read and ctx.is_main
         loss, terms, outputs = train_step(training.model, training.optimizer, training.bank, clips,
                                           use_graph=use_graph, use_queue=use_queue,
                                           freeze_prototypes=state.epoch == 0, objective=objective, amp=amp,
                                           return_outputs=True)
         log.add(state.global_step, {"loss": loss.detach(), **terms}, outputs if health else None,
                 int(n_replaced.sum()))
-        reason = "signal" if stop is not None and stop.should_stop() else None  # a collective on every rank
+        # a collective after every step on every rank: its answer is the same on every rank
+        reason = "signal" if stop is not None and stop.should_stop() else None
         if reason is None and args.max_steps and state.global_step >= args.max_steps:
             reason = "max_steps"
         checkpoint = reason is not None or (args.save_every and state.global_step % args.save_every == 0)
-        if not (health or checkpoint):
+        if not (read or checkpoint):
             continue
         records, seconds = log.read()
-        state.replaced += int(distributed.sum_over_workers(log.replaced))  # a collective: the same step on all ranks
+        # a collective: `read` and `checkpoint` come from shared counters, flags and the agreed stop
+        state.replaced += int(distributed.sum_over_workers(log.replaced))
         state.seconds += seconds
         interval = RunState()
         for record in records:
