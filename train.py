@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -27,8 +28,8 @@ from datasets.demo import make_demo_data
 from datasets.loader import loader_kwargs
 from engine import distributed
 from engine.checkpoint import (BackgroundWriter, CheckpointError, check_resume_flags, git_commit, host_copy,
-                               key_mismatch, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
-                               set_rng_state, unwrap)
+                               key_mismatch, load_checkpoint, resolve_resume, resume_hint, rng_state,
+                               save_checkpoint, set_rng_state, unwrap)
 from engine.device import prefetch
 from engine.errors import UserError, exit_on_error
 from engine.interrupt import NOTICE, GracefulStop
@@ -51,7 +52,7 @@ class CompileError(UserError):
 RESUME_MAY_CHANGE = ("epoch", "max_steps", "workers", "strict_data", "save_every", "keep_epochs", "log_every",
                      "monitor_train_csv", "monitor_test_csv", "monitor_every", "out_dir", "resume", "overwrite",
                      "verbose", "demo", "compile", "train_batch", "multiprocessing_distributed", "nproc",
-                     "world_size", "rank", "dist_url", "dist_backend")
+                     "world_size", "rank", "dist_url", "dist_backend", "dist_timeout")
 
 HISTORY = 10_000  # per-step values train.main returns: the last this many steps (a long run's would fill memory)
 
@@ -162,6 +163,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="rendezvous URL, e.g. tcp://HOST:PORT; 'auto' picks a free port on 127.0.0.1 (one machine)")
     g.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
                    help="auto: nccl with CUDA, else gloo")
+    g.add_argument("--dist-timeout", type=float, default=30.0, metavar="MINUTES",
+                   help="a collective that waits this long for the other processes fails, and the run ends with "
+                        "one line naming the rank and the step (a hang becomes an error); a stop signal ends a "
+                        "process stuck in one within min(60 s, half of this), saving nothing")
     return p
 
 
@@ -211,9 +216,19 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if not all(w > 0 for w in args.level_weights):
         parser.error(f"--level_weights must be positive, got {' '.join(map(str, args.level_weights))}")
+    if not 0 <= args.rank < args.world_size:
+        parser.error(f"--rank {args.rank}: the index of this machine is in [0, --world-size {args.world_size})")
+    if not args.dist_timeout > 0:
+        parser.error(f"--dist-timeout must be positive (minutes), got {args.dist_timeout}")
     if (args.monitor_train_csv is None) != (args.monitor_test_csv is None):
         parser.error("--monitor_train_csv and --monitor_test_csv go together")
     return args
+
+
+def flag_spelling() -> dict[str, str]:
+    """Each flag's name as the command line writes it (``dist_url`` -> ``--dist-url``), by attribute name."""
+    return {action.dest: max(action.option_strings, key=len) for action in get_args_parser()._actions
+            if action.option_strings}
 
 
 def objective_of(args: argparse.Namespace) -> Objective:
@@ -544,8 +559,7 @@ def distribute(training: Training, ctx: distributed.Context, compile: bool) -> N
         if ctx.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # graph heads are unused before --split
-        training.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
+        training.model = distributed.data_parallel(model, ctx.device, find_unused_parameters=True)
     if compile:
         training.core.backbone.compile()  # in place: the state dict's keys stay those of the plain backbone
 
@@ -561,6 +575,8 @@ class Checkpointer:
 
     def save(self, epoch_file: str | None = None) -> None:
         """A collective: every rank calls it (their random generators go into last.pth)."""
+        # every rank is here at the same step: train_one_epoch saves on shared counters, flags and the agreed
+        # stop, and main_worker after every epoch
         rngs = distributed.all_gather_object(rng_state())
         if not self.ctx.is_main:
             return
@@ -596,7 +612,7 @@ def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Tr
     check_resume(state, path, training.core, args, ctx.world_size, verbose=args.verbose and ctx.is_main)
     parser = get_args_parser()
     check_resume_flags(state["args"], vars(args), may_change=RESUME_MAY_CHANGE, path=path,
-                       defaults={name: parser.get_default(name) for name in vars(args)})
+                       defaults={name: parser.get_default(name) for name in vars(args)}, spelling=flag_spelling())
     if state.get("videos", videos) != videos:  # checkpoints from before this check hold no count
         raise CheckpointError(f"--resume {path} was written for {state['videos']} usable videos in --csv_file "
                               f"{args.csv_file}, which now gives {videos}: the epochs would hold other samples. "
@@ -682,7 +698,8 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     checkpoints = Checkpointer(training, args, ctx, tracker, videos=videos)
 
     def watch(step: int) -> dict[str, float]:
-        """Run the monitor (a collective under DDP: every rank runs it) and log its values at ``step``."""
+        """Run the monitor (a collective under DDP: every rank runs it, at step 0 and at the epochs that
+        ``end_of_epoch`` picks from the epoch counter and flags) and log its values at ``step``."""
         seen = monitor(training.core.backbone, ctx.device)
         tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, step)
         return {f"monitor_{k}": v for k, v in seen.items()}
@@ -692,8 +709,11 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     # the global batch equals the checkpoint's, so step_in_epoch global steps are step_in_epoch local batches
     stream.set_span(run.epoch, args.epoch, skip=run.step_in_epoch * args.train_batch)
     batches = prefetch(loader, ctx.device)
+    # a rank stuck in a collective (a peer hangs or died) still stops on a signal, without saving
+    where = lambda: f"rank {ctx.rank} (global step {run.global_step})"  # noqa: E731
     try:
-        with GracefulStop(notice=NOTICE if ctx.is_main else None) as stop:
+        with GracefulStop(notice=NOTICE if ctx.is_main else None, grace=min(60.0, 30 * args.dist_timeout),
+                          where=where) as stop:
             if monitor is not None and run.global_step == 0:  # the backbone at initialisation: each curve's reference
                 run.reference = watch(0)
                 tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
@@ -730,12 +750,21 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                 run.next_epoch()
                 keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
                 checkpoints.save(f"epoch_{epoch:04d}.pth" if keep else None)
-                if run.epoch < args.epoch and stop.should_stop():  # a signal during the epoch's end (the monitor)
+                if stop.should_stop():  # a signal during the epoch's end (the monitor, the checkpoint)
                     checkpoints.wait()
+                    if run.epoch == args.epoch:  # the run is complete: nothing is lost, nothing left to do
+                        tracker.print(f"{signal.Signals(stop.signum).name} arrived as the run ended: it is complete, "
+                                      f"{Path(args.out_dir) / 'last.pth'} holds its end (epoch {epoch})")
+                        break
                     raise stop.interrupted(f"interrupted after epoch {epoch}; continue with --resume auto"
                                            if ctx.is_main else "")
             checkpoints.wait()
     except Exception as e:
+        failure = distributed.collective_failure(e)
+        if failure is not None:
+            raise distributed.CollectiveError(
+                f"{where()}: {failure}; --dist-timeout is {args.dist_timeout:g} min. The last checkpoint in "
+                f"{args.out_dir} is intact: continue with --resume auto") from e
         if args.compile and compile_failure(e):
             cause = getattr(e, "inner_exception", None) or e  # a backend's failure, wrapped by dynamo
             reason = (str(cause).strip().splitlines() or [""])[0]
@@ -772,8 +801,13 @@ def main(argv=None) -> list[dict] | None:
                 for note in notes:
                     print(note, flush=True)
             how = distributed.Launch(spawn=args.multiprocessing_distributed, nproc=args.nproc, nodes=args.world_size,
-                                     node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend)
-            return distributed.launch(main_worker, args, how)
+                                     node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend,
+                                     timeout=60 * args.dist_timeout)
+            try:
+                return distributed.launch(main_worker, args, how)
+            except distributed.WorkerDied as e:
+                raise distributed.WorkerDied(f"{e}; the other workers were stopped. {resume_hint(args.out_dir)}") \
+                    from None
         finally:
             if lock is not None:
                 lock.release()

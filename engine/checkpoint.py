@@ -163,6 +163,19 @@ def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | Non
     return path
 
 
+def resume_hint(out_dir: str | os.PathLike) -> str:
+    """Where a run that died can continue from, in a sentence (its ``out_dir/last.pth``, if any)."""
+    path = Path(out_dir) / "last.pth"
+    if not path.is_file():
+        return f"No checkpoint was written yet ({path}): start again (--resume auto starts from the beginning)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        at = f" (global step {state['global_step']})"
+    except Exception:  # unreadable or foreign: say where it is all the same
+        at = ""
+    return f"The last checkpoint is {path}{at}: continue with --resume auto"
+
+
 def _flag_value(value) -> str:
     """A flag value as a command line would show it."""
     if isinstance(value, bool):
@@ -175,16 +188,18 @@ def _flag_value(value) -> str:
 
 
 def changed_flags(saved: Mapping, current: Mapping, *, may_change: Iterable[str],
-                  defaults: Mapping | None = None) -> list[str]:
+                  defaults: Mapping | None = None, spelling: Mapping[str, str] | None = None) -> list[str]:
     """The flags of ``current`` whose value differs from ``saved``, as ``--name old -> new``, sorted.
 
     ``saved``: the flags a checkpoint recorded (``vars(args)`` of the run that wrote it); ``current``:
     this run's. Flags in ``may_change`` are not compared. A flag the checkpoint lacks (it predates
     the flag) is compared with ``defaults[name]``, the value that reproduces the older code's behaviour,
     and not compared when ``defaults`` has none; a flag only the checkpoint has (since removed) is
-    ignored. Lists and tuples compare equal when their items do (JSON-like round trips)."""
+    ignored. Lists and tuples compare equal when their items do (JSON-like round trips). ``spelling``
+    maps a name to the flag as the command line writes it (default ``--name``)."""
     keep = set(may_change)
     defaults = defaults or {}
+    spelling = spelling or {}
     changed = []
     for name in sorted(set(current) - keep):
         if name in saved:
@@ -199,20 +214,21 @@ def changed_flags(saved: Mapping, current: Mapping, *, may_change: Iterable[str]
         else:
             differs = old != new or isinstance(old, bool) != isinstance(new, bool)
         if differs:
-            changed.append(f"--{name} {_flag_value(old)} -> {_flag_value(new)}")
+            changed.append(f"{spelling.get(name, '--' + name)} {_flag_value(old)} -> {_flag_value(new)}")
     return changed
 
 
 def check_resume_flags(saved: Mapping, current: Mapping, *, may_change: Iterable[str], path: str | os.PathLike,
-                       defaults: Mapping | None = None) -> None:
+                       defaults: Mapping | None = None, spelling: Mapping[str, str] | None = None) -> None:
     """Refuse to resume the checkpoint at ``path`` with flags that change the computation.
 
     Raises :class:`CheckpointError` in one line naming every changed flag with its old and new value
     (see :func:`changed_flags` for ``saved``, ``current``, ``may_change`` and ``defaults``), and the
     flags that may change."""
-    changed = changed_flags(saved, current, may_change=may_change, defaults=defaults)
+    spelling = spelling or {}
+    changed = changed_flags(saved, current, may_change=may_change, defaults=defaults, spelling=spelling)
     if changed:
-        allowed = " ".join(f"--{name}" for name in sorted(may_change))
+        allowed = " ".join(sorted(spelling.get(name, f"--{name}") for name in may_change))
         raise CheckpointError(f"--resume {path} was written with other flags: {', '.join(changed)}. A resume "
                               f"keeps the flags of the run (only {allowed} may change); give the checkpoint's "
                               "values, or start a new run in another --out_dir")

@@ -6,6 +6,7 @@ the same shape to a gather (equal local batches, e.g. a DistributedSampler with
 ``drop_last=True``).
 """
 
+import datetime
 import os
 import pickle
 import random
@@ -157,6 +158,36 @@ class Launch:
     node_rank: int = 0
     dist_url: str = "auto"
     backend: str = "auto"
+    timeout: float = 1800.0  # seconds a collective may wait for the other ranks before it fails
+
+    @property
+    def timedelta(self) -> datetime.timedelta:
+        return datetime.timedelta(seconds=self.timeout)
+
+
+class CollectiveError(UserError):
+    """A collective that failed: it timed out (a rank hangs or never came) or a peer process died."""
+
+
+class WorkerDied(UserError):
+    """A spawned worker that ended without a word: killed by a signal (``kill -9``, out of memory) or crashed."""
+
+
+def collective_failure(error: BaseException) -> str | None:
+    """What went wrong, when ``error`` is a failed collective of the gloo backend (a timeout or a peer that
+    went away); None for any other error. NCCL's watchdog aborts the process itself on a timeout, with
+    its own message."""
+    text = str(error)
+    if not isinstance(error, RuntimeError):
+        return None
+    if "Timed out" in text or "Application timeout" in text or "failed to pass monitoredBarrier" in text:
+        return "a collective timed out (another rank hangs, or stopped before reaching it)"
+    if "Detected mismatch between collectives" in text:  # TORCH_DISTRIBUTED_DEBUG=DETAIL's check
+        return ("the ranks called different collectives (a rank-dependent branch: a bug of this code, please "
+                f"report it with this message: {' '.join(text.split())[:300]})")
+    if "Connection closed by peer" in text or "Connection reset by peer" in text or "Broken pipe" in text:
+        return "another rank went away in the middle of a collective (killed, or crashed)"
+    return None
 
 
 def _spawned(local_rank: int, nprocs: int, worker: Callable, payload, how: Launch, url: str, reports: str) -> None:
@@ -167,7 +198,8 @@ def _spawned(local_rank: int, nprocs: int, worker: Callable, payload, how: Launc
     wait for this one in a collective, are stopped."""
     rank = how.node_rank * nprocs + local_rank
     world_size = how.nodes * nprocs
-    dist.init_process_group(_backend(how.backend), init_method=url, world_size=world_size, rank=rank)
+    dist.init_process_group(_backend(how.backend), init_method=url, world_size=world_size, rank=rank,
+                            timeout=how.timedelta)
     try:
         worker(Context(rank, world_size, local_rank, _device(local_rank)), payload)
     except Interrupted as e:
@@ -213,7 +245,18 @@ class _ForwardStop(GracefulStop):
                 pass
 
 
-_STOPPED_EARLY = "interrupted before the workers could save anything; start again (or --resume auto)"
+_STOPPED_EARLY = ("interrupted before the workers could save this step (while they started, or while one waited "
+                  "for another in a collective); continue from the last checkpoint with --resume auto")
+
+
+def _death(error: "mp.ProcessExitedException", nprocs: int, how: Launch) -> str:
+    """One line on a spawned worker that ended without reporting an error."""
+    rank = how.node_rank * nprocs + error.error_index
+    who = f"worker {error.error_index} of {nprocs} on this machine (rank {rank})"
+    if error.signal_name:
+        cause = " (kill -9, or the kernel's out-of-memory killer)" if error.signal_name == "SIGKILL" else ""
+        return f"{who} was killed by {error.signal_name}{cause}"
+    return f"{who} exited with status {error.exit_code} without reporting an error (its output above says why)"
 
 
 def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> None:
@@ -234,6 +277,11 @@ def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> Non
                     raise reported from None
                 if forward.received and not isinstance(e, mp.ProcessRaisedException):
                     raise Interrupted(_STOPPED_EARLY, forward.received) from None  # the stop killed a worker
+                if isinstance(e, mp.ProcessExitedException):
+                    stopped = (e.exit_code or 0) - 128  # a worker's own stop without saving (engine.interrupt)
+                    if stopped in (signal.SIGINT, signal.SIGTERM):
+                        raise Interrupted(_STOPPED_EARLY, stopped) from None
+                    raise WorkerDied(_death(e, nprocs, how)) from None
                 raise
         reported = _reported(reports, first=0)
         if isinstance(reported, Interrupted):
@@ -254,10 +302,15 @@ def launch(worker: Callable, payload, how: Launch = Launch()):
     the same type with the same message; an :class:`~engine.errors.Interrupted` that ends them (every
     rank raises it at the same step, see ``engine.interrupt``) is raised here with rank 0's line. While
     they run, a SIGINT or SIGTERM sent to this process is passed on to them (see :class:`_ForwardStop`).
+    A worker that dies without a word (a signal, e.g. ``kill -9`` or the out-of-memory killer) ends the
+    launcher with :class:`WorkerDied` naming it and the signal; the others are ended at once.
+
+    Every collective fails after ``how.timeout`` seconds of waiting (``init_process_group``'s timeout):
+    a hang becomes an error (see :func:`collective_failure`).
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        dist.init_process_group(_backend(how.backend), init_method="env://")
+        dist.init_process_group(_backend(how.backend), init_method="env://", timeout=how.timedelta)
         try:
             return worker(Context(dist.get_rank(), dist.get_world_size(), local_rank, _device(local_rank)), payload)
         finally:
@@ -270,9 +323,32 @@ def launch(worker: Callable, payload, how: Launch = Launch()):
             url = f"tcp://127.0.0.1:{find_free_port()}"
         else:
             url = how.dist_url
+        if how.nodes > 1:  # the rendezvous waits (up to the timeout) until every machine has started
+            print(f"machine {how.node_rank + 1} of {how.nodes} (--rank {how.node_rank}): waiting for the others at "
+                  f"{url}", flush=True)
         _spawn(worker, payload, how, nprocs, url)
         return None
     return worker(Context(0, 1, 0, _device(0)), payload)
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device,
+                  find_unused_parameters: bool = False) -> torch.nn.parallel.DistributedDataParallel:
+    """``DistributedDataParallel(model)`` over the default group's processes (a collective: every rank calls it).
+
+    Under ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` (which wraps every process group to check that the ranks call
+    the same collectives) torch 2.14's DDP constructor crashes (SIGSEGV) on the wrapped group; DDP then gets a
+    group of the same processes made without the wrapper, and every other collective (the losses' gathers,
+    the stop flag, the checkpoint's and the monitor's gathers) is still checked."""
+    group = None
+    if dist.get_debug_level() == dist.DebugLevel.DETAIL:
+        dist.set_debug_level(dist.DebugLevel.INFO)
+        try:
+            group = dist.new_group()
+        finally:
+            dist.set_debug_level(dist.DebugLevel.DETAIL)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, process_group=group,
+        find_unused_parameters=find_unused_parameters)
 
 
 def seed_worker_process(seed: int) -> None:

@@ -30,6 +30,15 @@ Rules, and why:
   with status 0, because torch's main process raises, from its SIGCHLD handler and at any point of the
   step, when a worker dies of a signal or with another status, which would break the step and its
   save when a scheduler signals every process of a job.
+* **A rank stuck in a collective still stops, within ``grace`` seconds** (opt-in, ``grace=``): a rank
+  that waits in a C++ collective (for a peer that died or hangs) never returns to Python, so its
+  handler never runs and the stop would wait for the process group's timeout (30 minutes). Python's
+  C-level handler still writes the signal's number to :func:`signal.set_wakeup_fd`; a watcher thread
+  reads it, and when the ranks have not agreed on the stop (``should_stop`` returned True) ``grace``
+  seconds after the first signal, it writes one line (``where()`` says which rank, at which step) and
+  ends the process with status 128 + the signal, saving nothing: the last checkpoint is kept and
+  ``--resume auto`` continues from it. A second SIGINT ends it at once. DataLoader workers clear the
+  inherited wakeup fd (:func:`worker_stop_signals`), so their signals never reach the watcher.
 * Handlers are installed only in the main thread (Python runs them there only); elsewhere the
   object is inert and ``should_stop`` still takes part in the collective. The previous handlers are
   restored on exit.
@@ -38,7 +47,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
+import time
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -57,6 +69,7 @@ def worker_stop_signals() -> None:
     """In a DataLoader worker: ignore SIGINT and end with status 0 on SIGTERM (see the module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _end_quietly)
+    signal.set_wakeup_fd(-1)  # a forked worker inherits its parent's: its own signals are not the trainer's
 
 
 def _host_group():
@@ -76,23 +89,76 @@ class GracefulStop:
     signal's name (None: quiet, e.g. on ranks other than 0). Use as a
     context manager; :meth:`request` records a signal as if it had arrived (tests, launchers)."""
 
-    def __init__(self, notice: str | None = NOTICE):
+    def __init__(self, notice: str | None = NOTICE, *, grace: float | None = None,
+                 where: Callable[[], str] = lambda: "this process"):
+        """``grace``: seconds after the first signal within which the ranks must agree on the stop, else the
+        process ends without saving (None: wait as long as it takes); ``where()``: who is stuck, for that line."""
         self.notice = notice
+        self.grace, self.where = grace, where
         self.received: int | None = None  # this process's first signal
         self.signum: int | None = None  # the signal the processes agreed on, once should_stop said so
         self._previous: dict[int, object] = {}
         self._group = False  # the process group of should_stop, made at its first call (False: not yet)
+        self._agreed = threading.Event()
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._previous_fd: int = -1
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            if self.grace is not None:
+                self._wakeup = socket.socketpair()
+                self._wakeup[1].setblocking(False)
+                self._previous_fd = signal.set_wakeup_fd(self._wakeup[1].fileno(), warn_on_full_buffer=False)
+                threading.Thread(target=self._watch, args=(self._wakeup[0],), name="stop-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_fd)
+            self._agreed.set()  # stands the watcher down
+            self._wakeup[1].close()  # its read returns b"": it ends
+            self._wakeup = None
+
+    def _watch(self, reader: socket.socket) -> None:
+        """The watcher thread (see the module docstring): the signals' numbers arrive on ``reader``."""
+        first, interrupts = None, 0
+        while True:
+            timeout = None if first is None else max(0.0, first + self.grace - time.monotonic())
+            reader.settimeout(timeout)
+            try:
+                data = reader.recv(64)
+            except socket.timeout:
+                data = None
+            except OSError:
+                return
+            if self._agreed.is_set():
+                return  # the stop is under way (or the block ended)
+            if data == b"":
+                return
+            if data is None:  # grace seconds without an agreement: stuck
+                signum = first_signum
+                os.write(2, (f"\nerror: {self.where()} did not reach a step boundary within {self.grace:g} s of "
+                             f"{signal.Signals(signum).name} (waiting for another process in a collective?): "
+                             "stopping without saving; the last checkpoint is intact, continue with "
+                             "--resume auto\n").encode())
+                os._exit(128 + signum)
+            for signum in data:
+                if signum not in STOP_SIGNALS:
+                    continue  # e.g. SIGCHLD from a DataLoader worker
+                if first is None:
+                    first, first_signum = time.monotonic(), signum
+                elif signum == signal.SIGINT:
+                    interrupts += 1
+            if interrupts:  # a second Ctrl-C: the handler stops at once, unless the main thread is stuck
+                if self._agreed.wait(2.0):
+                    return  # it did: the block ended
+                os.write(2, f"\nerror: {self.where()}: stopped at once (second SIGINT), nothing saved\n".encode())
+                os._exit(128 + signal.SIGINT)
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is None:
@@ -122,9 +188,11 @@ class GracefulStop:
             stop, signum = flags.tolist()
             if stop:
                 self.signum = int(signum)
+                self._agreed.set()
             return bool(stop)
         if self.received is not None:
             self.signum = self.received
+            self._agreed.set()
         return self.received is not None
 
     @property
