@@ -28,8 +28,12 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or of the wrong kind."""
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+def save_checkpoint(state: dict, path: str | os.PathLike, *, what: str = "checkpoint",
+                    flag: str = "--out_dir") -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    A failed write (a full disk) raises :class:`CheckpointError` naming the file as ``what``, the space it
+    needs and the space left, and ``flag``, the command-line flag that chose where it goes."""
     path = Path(path)
     try:
         with atomic_write(path, "wb") as f:
@@ -38,7 +42,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
     except (OSError, RuntimeError) as e:
         # a full disk reaches us as ENOSPC or as torch's "unexpected pos" from its zip writer
-        raise CheckpointError(f"could not write checkpoint {path}: {e}. {_space_report(state, path.parent)}") from e
+        raise CheckpointError(f"could not write {what} {path}: {e}. {_space_report(state, path.parent, flag)}") from e
     return path
 
 
@@ -87,8 +91,16 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
 
-def _space_report(state: dict, folder: Path) -> str:
-    """How much the state needs against what the folder's disk has left, for write errors."""
+def _size(nbytes: float) -> str:
+    """A byte count for messages: whole MiB from 1 MiB on, else KiB or bytes (a small file is not "0 MiB")."""
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.0f} MiB"
+    return f"{nbytes / 2**10:.0f} KiB" if nbytes >= 2**10 else f"{nbytes:.0f} bytes"
+
+
+def _space_report(state: dict, folder: Path, flag: str = "--out_dir") -> str:
+    """How much the state needs (its tensors' bytes) against what the folder's disk has left, for write
+    errors; ``flag`` chose the folder."""
     need = 0
 
     def walk(x) -> None:
@@ -104,11 +116,11 @@ def _space_report(state: dict, folder: Path) -> str:
 
     walk(state)
     try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB are free in {folder}"
+        free = f"{_size(shutil.disk_usage(folder).free)} are free in {folder}"
     except OSError:  # the folder could not be made
         free = f"{folder} is not writable"
-    return (f"It needs about {need / 2**20:.0f} MiB and {free}; "
-            f"free some space or write to another folder (--out_dir). The previous file, if any, is intact.")
+    return (f"It needs about {_size(need)} and {free}; "
+            f"free some space or write to another folder ({flag}). The previous file, if any, is intact.")
 
 
 def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -99,7 +99,13 @@ class Tracker:
                 f.writelines(kept)
 
     def progress(self, iterable=None, **kwargs) -> tqdm:
-        """A tqdm bar on the main process, a silent one elsewhere."""
+        """A tqdm bar on the main process, a silent one elsewhere.
+
+        On a stream that is no terminal (a log file, a pipe) the bar is kept when it ends (``leave=False`` is
+        ignored), so it ends with a newline: there a cleared bar is its text and a carriage return, which
+        would glue the next line (an ``error:`` line) to the bar."""
+        if not kwargs.get("file", sys.stderr).isatty():
+            kwargs["leave"] = True
         return tqdm(iterable, disable=not self.enabled, dynamic_ncols=True, **kwargs)
 
     def flush(self) -> None:

@@ -1,11 +1,14 @@
 """Pooled backbone features of every video of a CSV, for use outside mfo.
 
     python scripts/extract_features.py --pretrained runs/mfo/last.pth --csv data/ucf101/ucf101_test_split1.csv \\
-        --out ucf_test_features.pt [--per_clip] [--seq 16 --img_dim 112 --arch r3d18 --views center]
+        --out ucf_test_features.pt [--overwrite] [--per_clip] [--seq 16 --img_dim 112 --arch r3d18 --views center]
 
 Each video is covered by half-overlapping windows of ``--seq`` frames, times ``--views`` crops
 (the deterministic test clips of the evaluation); every clip goes through the frozen backbone
 (eval mode) and its ``high`` map is average-pooled over time and space.
+
+An existing ``--out`` is replaced only with ``--overwrite``, and never when it is the ``--pretrained``
+checkpoint (also through a link).
 
 Output: one file written with ``torch.save`` (load it with ``torch.load(path, weights_only=True)``)
 holding a dict:
@@ -23,6 +26,7 @@ C is the backbone's width (512 for r3d18). Features are not normalised.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "dict with backbone.* keys)")
     p.add_argument("--csv", required=True,
                    help="CSV of videos: path,frames,label or, for unlabelled videos, path,frames (no header)")
-    p.add_argument("--out", required=True, help="output file (.pt), written atomically")
+    p.add_argument("--out", required=True, help="output file (.pt), written atomically; an existing file needs "
+                                                "--overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (never the --pretrained checkpoint) (default: off)")
     p.add_argument("--arch", choices=BACKBONES, default="r3d18", help="backbone (default: r3d18)")
     p.add_argument("--seq", type=int, default=16,
                    help="frames per clip; at least what the backbone's temporal strides need (1, 5 for s3d) "
@@ -99,18 +106,30 @@ def extract(args: argparse.Namespace, stop: GracefulStop | None = None) -> dict:
     return result
 
 
+def check_out(out: Path, pretrained: str, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out`` that is the ``pretrained`` file (the same file also through a
+    symbolic or hard link; even with ``overwrite``) or, without ``overwrite``, one that exists."""
+    if out.exists() and Path(pretrained).exists() and os.path.samefile(out, pretrained):
+        raise OutDirError(f"--out {out} is the --pretrained checkpoint {pretrained}: writing the features there "
+                          "would destroy it; pick another --out")
+    if out.exists() and not overwrite:
+        raise OutDirError(f"--out {out} already exists; pass --overwrite to replace it, or pick another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The command line: a bad checkpoint, CSV, frame or ``--out`` ends in one ``error: ...`` line and status 1,
-    and nothing is written; SIGINT / SIGTERM stop after the current batch of videos (status 130 / 143)."""
+    """The command line: a bad checkpoint, CSV, frame or ``--out`` (also an existing one, see
+    :func:`check_out`) ends in one ``error: ...`` line and status 1, and nothing is written; SIGINT / SIGTERM
+    stop after the current batch of videos (status 130 / 143)."""
     args = parse_args(argv)
     with exit_on_error():
         if Path(args.out).is_dir():
             raise OutDirError(f"--out {args.out} is a folder; give the file to write, "
                               f"e.g. {Path(args.out) / 'features.pt'}")
         check_out_dir(Path(args.out).parent, flag="--out's folder")
+        check_out(Path(args.out), args.pretrained, args.overwrite)
         with GracefulStop() as stop:
             result = extract(args, stop)
-        save_checkpoint(result, args.out)
+        save_checkpoint(result, args.out, what="features", flag="--out")
     v, c = result["features"].shape
     print(f"features of {v} videos ({c} wide{', per clip too' if args.per_clip else ''}) -> {args.out}")
     return 0

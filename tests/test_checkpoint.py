@@ -1,4 +1,5 @@
 """Tests of engine.checkpoint: atomic saves (also under SIGKILL), safe loads, resume paths, RNG state."""
+import errno
 import os
 import random
 import signal
@@ -6,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,6 +47,26 @@ def test_full_disk_is_reported_with_the_space_needed(tmp_path, monkeypatch):
         save_checkpoint({"epoch": 2, "w": torch.zeros(1_048_576)}, tmp_path / "last.pth")
     assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
     assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_a_failed_write_names_the_real_sizes_the_file_and_the_flag(tmp_path, monkeypatch):
+    def full_disk(state, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: SimpleNamespace(free=3 * 2**20 + 5))
+    with pytest.raises(CheckpointError) as error:
+        save_checkpoint({"w": torch.zeros(7000), "epoch": 1}, tmp_path / "last.pth")  # 28,000 bytes
+    assert str(error.value) == (f"could not write checkpoint {tmp_path / 'last.pth'}: [Errno 28] No space left on "
+                                f"device. It needs about 27 KiB and 3 MiB are free in {tmp_path}; free some space or "
+                                "write to another folder (--out_dir). The previous file, if any, is intact.")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: SimpleNamespace(free=0))
+    with pytest.raises(CheckpointError, match=r"^could not write features \S+f\.pt: .* It needs about 100 bytes and "
+                                              r"0 bytes are free in .*; free some space or write to another folder "
+                                              r"\(--out\)\."):
+        save_checkpoint({"f": torch.zeros(25)}, tmp_path / "f.pt", what="features", flag="--out")
+    assert os.listdir(tmp_path) == []
+
 
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     save_checkpoint({"epoch": 1}, tmp_path / "last.pth")

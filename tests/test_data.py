@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from datasets import DataError
+from datasets.index import frame_name
 from evaluation.data import class_names, collate_videos, read_inputs, split_train_val, train_loader
 from evaluation.protocol import Protocol
 
@@ -54,12 +55,15 @@ def test_split_train_val_mixes_groups_and_plain_names():
 
 
 def labelled_csvs(tmp_path, train_labels, test_labels):
-    """train.csv and test.csv over empty frame folders (read_inputs reads no frames)."""
+    """train.csv and test.csv over folders of 20 empty frame files (read_inputs decodes no frame, it only
+    checks that each folder holds its row's count)."""
     paths = []
     for name, labels in (("train", train_labels), ("test", test_labels)):
         rows = ""
         for i, label in enumerate(labels):
             (tmp_path / f"{name}_{i}").mkdir()
+            for t in range(20):
+                (tmp_path / f"{name}_{i}" / frame_name(t)).touch()
             rows += f"{name}_{i},20,{label}\n"
         (tmp_path / f"{name}.csv").write_text(rows)
         paths.append(str(tmp_path / f"{name}.csv"))

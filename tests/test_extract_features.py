@@ -1,4 +1,6 @@
 """scripts/extract_features.py: per-video and per-clip pooled features of a CSV, and its errors."""
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,65 @@ def test_unlabelled_videos_get_label_minus_one(data, tmp_path):
     assert unlabelled["labels"].tolist() == [-1] * len(rows) and unlabelled["labels"].dtype == torch.int64
     assert unlabelled["paths"] == labelled["paths"]
     assert torch.equal(unlabelled["features"], labelled["features"])
+
+
+def test_an_existing_out_needs_overwrite_and_the_checkpoint_is_never_replaced(data, tmp_path):
+    csv_file, ckpt, _ = data
+    common = ["--pretrained", str(ckpt), "--csv", str(csv_file), "--seq", str(SEQ), "--img_dim", str(IMG),
+              "--workers", "0"]
+    out = tmp_path / "feats.pt"
+    out.write_bytes(b"earlier features")
+    assert error_of([*common, "--out", str(out)]) == (f"error: --out {out} already exists; pass --overwrite to "
+                                                      "replace it, or pick another --out")
+    assert out.read_bytes() == b"earlier features"
+    assert main([*common, "--out", str(out), "--overwrite"]) == 0
+    assert torch.load(out, weights_only=True)["features"].shape == (3, 512)
+
+    before = ckpt.read_bytes()
+    (tmp_path / "soft.pth").symlink_to(ckpt)
+    os.link(ckpt, tmp_path / "hard.pth")
+    for same in (ckpt, tmp_path / "soft.pth", tmp_path / "hard.pth"):
+        for extra in ([], ["--overwrite"]):
+            err = error_of([*common, "--out", str(same), *extra])
+            assert err == (f"error: --out {same} is the --pretrained checkpoint {ckpt}: writing the features there "
+                           "would destroy it; pick another --out"), err
+    assert ckpt.read_bytes() == before and list(tmp_path.glob(".*.tmp")) == []
+
+
+FULL_DISK = """
+import errno, io, sys, types, torch
+from engine import checkpoint
+from scripts.extract_features import main
+save = torch.save
+
+def full_disk(state, f):  # the size the file would have, then the error of a full disk
+    buffer = io.BytesIO()
+    save(state, buffer)
+    print("bytes", len(buffer.getvalue()), flush=True)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+checkpoint.torch.save = full_disk
+checkpoint.shutil.disk_usage = lambda folder: types.SimpleNamespace(free=12345)  # 12 KiB left
+main(sys.argv[1:])
+"""
+
+
+def test_a_full_disk_names_out_and_the_sizes_on_a_line_of_its_own(data, tmp_path):
+    csv_file, ckpt, _ = data
+    out = tmp_path / "feats.pt"
+    cmd = [sys.executable, "-c", FULL_DISK, "--pretrained", str(ckpt), "--csv", str(csv_file), "--out", str(out),
+           "--seq", str(SEQ), "--img_dim", str(IMG), "--per_clip", "--workers", "0"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=300)  # bytes: text mode reads \r as \n
+    stdout, stderr = run.stdout.decode(), run.stderr.decode()
+    assert run.returncode == 1, stderr
+    size = int(stdout.split("bytes ")[1].split()[0])  # what torch.save would have written
+    lines = stderr.split("\n")  # a carriage return does not end a line in a log file
+    line = next(line for line in lines if "could not write" in line)
+    assert "features:" in stderr and line.startswith("error: "), repr(line)  # the bar's line ended before it
+    match = re.fullmatch(rf"error: could not write features {re.escape(str(out))}: \[Errno 28\] No space left on "
+                         rf"device\. It needs about (\d+) KiB and 12 KiB are free in {re.escape(str(tmp_path))}; "
+                         r"free some space or write to another folder \(--out\)\. The previous file, if any, is "
+                         r"intact\.", line)
+    assert match, line
+    assert 0.8 * size <= int(match[1]) * 1024 <= size, (match[1], size)  # the tensors' bytes: most of the file
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -1,5 +1,7 @@
 """datasets.index: CSV reading, validation errors and atomic writing."""
 
+import re
+
 import pytest
 from PIL import Image
 
@@ -7,13 +9,23 @@ from datasets.index import (DataError, VideoRecord, count_frames, find_videos, f
                             write_csv)
 
 
+FRAMES = 40  # frames in each folder of the fixture; rows may say fewer
+
+
+def make_frames(folder, count: int) -> None:
+    """``count`` empty frame files: the index only reads their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / frame_name(i)).touch()
+
+
 @pytest.fixture()
 def folders(tmp_path):
-    """Two frame folders (one with awkward characters) next to where the CSVs go."""
+    """Two frame folders of FRAMES frames (one with awkward characters) next to where the CSVs go."""
     a = tmp_path / "frames" / "walk" / "v1"
     b = tmp_path / "frames" / "[odd] clàss, x" / "v 2"
-    a.mkdir(parents=True)
-    b.mkdir(parents=True)
+    make_frames(a, FRAMES)
+    make_frames(b, FRAMES)
     return a, b
 
 
@@ -60,6 +72,8 @@ def test_two_columns_without_labels(tmp_path, folders):
     ("{a},9,-1\n", {}, "line 1: label -1 out of range"),
     ("{a},9,x\n", {}, "line 1: label 'x' is not an integer"),
     ("{a},9\nmissing/dir,9\n", {}, "line 2: frame folder"),
+    ("{a},9\n{a},41\n", {}, "line 2: the row says 41 frames, but the frame folder {a} holds 40; the CSV is out of "
+                          "date: re-run scripts/make_csv.py, which recounts every folder"),
     ("\n", {}, "no rows"),
 ])
 def test_errors_name_file_line_and_problem(tmp_path, folders, text, kwargs, needle):
@@ -68,7 +82,30 @@ def test_errors_name_file_line_and_problem(tmp_path, folders, text, kwargs, need
     with pytest.raises(DataError) as error:
         read_csv(csv_file, **kwargs)
     assert str(csv_file) in str(error.value)
-    assert needle in str(error.value)
+    assert needle.format(a=folders[0]) in str(error.value)
+
+
+def test_frame_counts_are_checked_against_the_folder_once_per_row(tmp_path):
+    """A row may say fewer frames than its folder holds, not more. The folder's count in the message is that
+    of consecutive frames from image_00001.jpg, as make_csv.py counts; a gap below the row's last frame is
+    left to the decoder (the row's last frame is there)."""
+    folder = tmp_path / "v"
+    make_frames(folder, 24)
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("v,24\nv,20\n")
+    assert read_csv(csv_file) == [VideoRecord(folder, 24), VideoRecord(folder, 20)]
+    (folder / frame_name(9)).unlink()  # image_00010.jpg: 9 consecutive frames, then 14 more
+    csv_file.write_text("v,12\nv,25\n")
+    with pytest.raises(DataError, match=re.escape(f"{csv_file}, line 2: the row says 25 frames, but the frame "
+                                                  f"folder {folder} holds 9; the CSV is out of date: re-run "
+                                                  "scripts/make_csv.py")):
+        read_csv(csv_file)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    csv_file.write_text("empty,1,0\n")
+    with pytest.raises(DataError, match=r"line 1: the row says 1 frames, but the frame folder .*empty holds 0"):
+        read_csv(csv_file, require_labels=True)
+    assert read_csv(csv_file, check_folders=False) == [VideoRecord(empty, 1, 0)]  # the opt-out skips the count
 
 
 def test_missing_csv_and_unchecked_folders(tmp_path):
@@ -92,9 +129,9 @@ def test_frame_name_and_count_with_bracket_names(tmp_path):
 
 def test_video_file_rows(tmp_path, folders):
     (tmp_path / "clip.MP4").write_bytes(b"")  # only the name matters here; decoding is datasets.videos'
-    (tmp_path / "frames" / "odd.avi").mkdir()  # a folder named like a video stays a frame folder
+    make_frames(tmp_path / "frames" / "odd.avi", 4)  # a folder named like a video stays a frame folder
     csv_file = tmp_path / "m.csv"
-    csv_file.write_text(f"clip.MP4,30\n{folders[0]},9\nframes/odd.avi,4\n")
+    csv_file.write_text(f"clip.MP4,30\n{folders[0]},9\nframes/odd.avi,4\n")  # a video's count is not checked
     assert read_csv(csv_file) == [VideoRecord(tmp_path / "clip.MP4", 30), VideoRecord(folders[0], 9),
                                   VideoRecord(tmp_path / "frames" / "odd.avi", 4)]
     assert [is_video_file(r.path) for r in read_csv(csv_file)] == [True, False, False]

@@ -1,4 +1,6 @@
-"""Tests of engine.tracking: argument print-out, non-finite stop message, JSON lines and TensorBoard scalars."""
+"""Tests of engine.tracking: argument print-out, non-finite stop message, JSON lines, TensorBoard scalars and
+progress bars in log files."""
+import io
 import json
 
 import pytest
@@ -49,3 +51,23 @@ def test_truncate_log_keeps_the_lines_before_a_resume(tmp_path):
     assert [json.loads(x)["epoch"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [0, 1, 1]
     tracker.truncate_log("epoch", below=0)
     assert (tmp_path / "log.jsonl").read_text() == ""
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_that_would_clear_itself_ends_its_line_where_it_cannot_be_cleared(tmp_path):
+    """In a log file a cleared bar is its text and a carriage return: the next line (an error) would follow it."""
+    tracker = Tracker(tmp_path, tensorboard=False)
+    log, terminal = io.StringIO(), Terminal()
+    for stream in (log, terminal):
+        for _ in tracker.progress(range(3), file=stream, leave=False, desc="features"):
+            pass
+    last = log.getvalue().split("\r")[-1]
+    assert last.startswith("features: 100%") and "3/3" in last and last.endswith("\n")  # kept, its line ended
+    assert terminal.getvalue().startswith("\rfeatures:") and terminal.getvalue().endswith("\r")  # cleared
+    assert terminal.getvalue().split("\r")[-2].strip() == ""

@@ -16,7 +16,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from datasets import read_csv
 from datasets.demo import make_demo_data
+from datasets.index import write_csv
 from engine.checkpoint import load_backbone, load_checkpoint, save_checkpoint
 from losses import PrototypeBank
 from models import MFOModel
@@ -371,6 +373,18 @@ def test_a_bad_monitor_csv_stops_before_any_output(csv_file, tmp_path):
     with pytest.raises(SystemExit, match=r"nope\.csv"):
         run(csv_file, out, f"--monitor_train_csv {tmp_path / 'nope.csv'} --monitor_test_csv {tmp_path / 'nope.csv'}")
     assert not (out / "tensorboard").exists() and not (out / "log.jsonl").exists()
+
+
+def test_a_row_counting_more_frames_than_its_folder_holds_stops_before_any_output(csv_file, tmp_path):
+    rows = read_csv(csv_file)
+    rows[2] = rows[2]._replace(frames=rows[2].frames + 6)  # frames 25-30 do not exist
+    write_csv(tmp_path / "stale.csv", rows)
+    out = tmp_path / "run"
+    err = run_error(str(tmp_path / "stale.csv"), out)
+    assert err == (f"error: {tmp_path / 'stale.csv'}, line 3: the row says {rows[2].frames} frames, but the frame "
+                   f"folder {rows[2].path} holds {rows[2].frames - 6}; the CSV is out of date: re-run "
+                   "scripts/make_csv.py, which recounts every folder")
+    assert os.listdir(out) == []  # no tensorboard/, no log.jsonl; the lock removed
 
 
 class Recorder(train.Tracker):
