@@ -10,6 +10,7 @@ Tiny run on generated data:       python train.py --demo
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import signal
 import sys
@@ -552,14 +553,15 @@ def build_training(args: argparse.Namespace, ctx: distributed.Context) -> Traini
     return Training(model, optimizer, scheduler, bank, RunState())
 
 
-def distribute(training: Training, ctx: distributed.Context, compile: bool) -> None:
+def distribute(training: Training, ctx: distributed.Context, compile: bool, dist_timeout: float) -> None:
     """Wrap the model for several processes (SyncBatchNorm on CUDA, DDP); compile its backbone in place."""
     if ctx.world_size > 1:
         model = training.model
         if ctx.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # graph heads are unused before --split
-        training.model = distributed.data_parallel(model, ctx.device, find_unused_parameters=True)
+        training.model = distributed.data_parallel(model, ctx.device, datetime.timedelta(minutes=dist_timeout),
+                                                   find_unused_parameters=True)
     if compile:
         training.core.backbone.compile()  # in place: the state dict's keys stay those of the plain backbone
 
@@ -694,7 +696,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             (["warning: --amp needs CUDA; running in float32 on CPU"] if args.amp and not amp else []) + \
             [w for w in [img_dim_warning(args.arch, args.img_dim)] if w] + notes:
         tracker.print(line)
-    distribute(training, ctx, args.compile)
+    distribute(training, ctx, args.compile, args.dist_timeout)
     checkpoints = Checkpointer(training, args, ctx, tracker, videos=videos)
 
     def watch(step: int) -> dict[str, float]:

@@ -12,6 +12,7 @@ import pickle
 import random
 import signal
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,7 @@ class _ForwardStop(GracefulStop):
                 pass
 
 
+_TRACKER_NOISE = "ignore:resource_tracker:UserWarning"
 _STOPPED_EARLY = ("interrupted before the workers could save this step (while they started, or while one waited "
                   "for another in a collective); continue from the last checkpoint with --resume auto")
 
@@ -261,6 +263,10 @@ def _death(error: "mp.ProcessExitedException", nprocs: int, how: Launch) -> str:
 
 def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> None:
     """``mp.spawn`` of ``nprocs`` workers that carries their user errors and interruptions back to here."""
+    # multiprocessing's resource tracker (a process started below, with this process's warning options) warns
+    # of the semaphores of a worker that was killed, after the launcher's last line: noise, not news
+    if _TRACKER_NOISE not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_NOISE)
     with tempfile.TemporaryDirectory(prefix="mfo-launch-", ignore_cleanup_errors=True) as reports:
         context = mp.start_processes(_spawned, args=(nprocs, worker, payload, how, url, reports), nprocs=nprocs,
                                      join=False, start_method="spawn")
@@ -331,19 +337,20 @@ def launch(worker: Callable, payload, how: Launch = Launch()):
     return worker(Context(0, 1, 0, _device(0)), payload)
 
 
-def data_parallel(model: torch.nn.Module, device: torch.device,
+def data_parallel(model: torch.nn.Module, device: torch.device, timeout: datetime.timedelta,
                   find_unused_parameters: bool = False) -> torch.nn.parallel.DistributedDataParallel:
     """``DistributedDataParallel(model)`` over the default group's processes (a collective: every rank calls it).
 
     Under ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` (which wraps every process group to check that the ranks call
     the same collectives) torch 2.14's DDP constructor crashes (SIGSEGV) on the wrapped group; DDP then gets a
     group of the same processes made without the wrapper, and every other collective (the losses' gathers,
-    the stop flag, the checkpoint's and the monitor's gathers) is still checked."""
+    the stop flag, the checkpoint's and the monitor's gathers) is still checked. ``timeout``: that group's, the
+    default group's (a new group does not inherit it)."""
     group = None
     if dist.get_debug_level() == dist.DebugLevel.DETAIL:
         dist.set_debug_level(dist.DebugLevel.INFO)
         try:
-            group = dist.new_group()
+            group = dist.new_group(timeout=timeout)
         finally:
             dist.set_debug_level(dist.DebugLevel.DETAIL)
     return torch.nn.parallel.DistributedDataParallel(
