@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import signal
 import sys
@@ -36,7 +37,7 @@ from engine.errors import UserError, exit_on_error
 from engine.interrupt import NOTICE, GracefulStop
 from engine.rundir import claim_out_dir, remove_run_outputs
 from engine.sampling import EpochStream, SeededSamples
-from engine.tracking import Tracker, check_finite, format_args
+from engine.tracking import Tracker, check_finite
 from evaluation.monitor import KnnMonitor, batch_health
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MOTION_STEPS, MFOModel
@@ -59,8 +60,9 @@ HISTORY = 10_000  # per-step values train.main returns: the last this many steps
 
 # `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
 DEMO_DATA = Path("data/demo")
+# One epoch file (the last): with last.pth about 540 MB on disk.
 DEMO_DEFAULTS = dict(seq=8, img_dim=32, train_batch=8, workers=0, cluster=8, epoch=4, split=2, queue_start=1,
-                     lr_decay=3, queue_size=64, save_every=0, out_dir="runs/demo")
+                     lr_decay=3, queue_size=64, save_every=0, keep_epochs=4, out_dir="runs/demo")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -237,6 +239,54 @@ def objective_of(args: argparse.Namespace) -> Objective:
     return Objective(terms=tuple(t for t in TERMS if t in args.terms), tau=args.tau, proto_tau=args.proto_tau,
                      sk_eps=args.sk_eps, sk_iters=args.sk_iters, level_weights=tuple(args.level_weights),
                      proto_weight=args.proto_weight, thres=args.thres)
+
+
+def run_line(args: argparse.Namespace, world_size: int, videos: int, steps: int) -> str:
+    """The run in one line: what trains on what, for how long, where it writes."""
+    return (f"pretraining {args.arch} on {args.csv_file} ({videos} videos, {steps} steps an epoch): {args.epoch} "
+            f"epochs, global batch {args.train_batch * world_size} ({args.train_batch} x {world_size} process(es)), "
+            f"--seq {args.seq} --img_dim {args.img_dim} --lr {args.lr:g}; writing {args.out_dir}")
+
+
+def epoch_line(summary: dict, reference: dict, clips_per_step: int) -> str:
+    """An epoch's terminal line: the numbers a person watches (``log.jsonl`` and TensorBoard have all)."""
+    parts = [f"epoch {summary['epoch']}: loss {summary['loss']:.4f}"]
+    for key, name in (("monitor_probe_top1", "probe"), ("monitor_knn_top1", "kNN")):
+        if key in summary:
+            at_0 = f" (step 0: {reference[key]:.3f})" if key in reference else ""
+            parts.append(f"{name} {summary[key]:.3f}{at_0}")
+    rank = summary.get("monitor_erank", summary.get("erank_pooled"))
+    if rank is not None:
+        parts.append(f"erank {rank:.1f}")
+    seconds = summary["train_seconds"]
+    parts.append(f"{clips_per_step * summary['steps'] / max(seconds, 1e-9):.1f} clips/s, {seconds:.1f} s")
+    return ", ".join(parts)
+
+
+def history_of_monitor(out_dir: str) -> dict:
+    """The monitor's values of the run's last epoch line in ``log.jsonl`` ({} without a monitor)."""
+    path = Path(out_dir) / "log.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    last = json.loads(lines[-1]) if lines else {}
+    return {k: v for k, v in last.items() if k.startswith("monitor_")}
+
+
+def closing_lines(args: argparse.Namespace, reference: dict, monitor: dict) -> list[str]:
+    """What a finished run made, what the monitor saw, and the next command to try."""
+    out = Path(args.out_dir)
+    kept = sorted(p.name for p in out.glob("epoch_*.pth"))
+    lines = [f"done: {out / 'last.pth'}" + (f" and {out / kept[-1]} (what an evaluation reads)" if kept else "")]
+    if "monitor_probe_top1" in monitor:
+        lines.append("the monitor: " + ", ".join(
+            f"{name} {monitor[key]:.3f}" + (f" (step 0: {reference[key]:.3f})" if key in reference else "")
+            for key, name in (("monitor_probe_top1", "linear probe"), ("monitor_knn_top1", "kNN"))))
+    if args.demo:
+        lines.append("next: python eval_linear.py --demo (a linear probe of this backbone), then "
+                     "python visualization/temporal_cam.py --demo")
+    else:
+        lines.append(f"next: python eval_linear.py --pretrained {out / (kept[-1] if kept else 'last.pth')} "
+                     "--train_csv TRAIN.csv --test_csv TEST.csv (docs/evaluation.md)")
+    return lines
 
 
 def img_dim_warning(arch: str, img_dim: int) -> str | None:
@@ -686,7 +736,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=run.global_step + 1 if args.resume else None)
     if args.resume:
         tracker.truncate_log("epoch", below=run.epoch)
-    tracker.print(format_args(vars(args), git_commit()))
+    tracker.arguments(vars(args), git_commit(), run_line(args, ctx.world_size, videos, stream.steps_per_epoch))
     objective = objective_of(args)
     settings = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in asdict(objective).items()}
     tracker.hparams({**settings, "lr": args.lr, "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq,
@@ -719,8 +769,10 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             if monitor is not None and run.global_step == 0:  # the backbone at initialisation: each curve's reference
                 run.reference = watch(0)
                 tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
-                tracker.print("step 0, the backbone at initialisation: " +
-                              ", ".join(f"{k} {v:.4g}" for k, v in run.reference.items()))
+                tracker.print("step 0, the backbone at initialisation: " + ", ".join(
+                    f"{name} {run.reference[key]:.3f}" for key, name in (("monitor_probe_top1", "probe"),
+                                                                          ("monitor_knn_top1", "kNN"),
+                                                                          ("monitor_erank", "erank"))))
             while run.epoch < args.epoch:
                 reason = train_one_epoch(training, batches, steps=stream.steps_per_epoch, args=args, ctx=ctx,
                                          objective=objective, tracker=tracker, amp=amp, save=checkpoints.save,
@@ -747,8 +799,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                 checkpoints.wait()  # the previous checkpoint is on disk before this epoch's line
                 # the line goes first: a crash before the checkpoint below resumes from an earlier one, which drops it
                 tracker.epoch(summary)
-                tracker.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()
-                                                             if k not in ("epoch", "objective")))
+                tracker.print(epoch_line(summary, run.reference, 3 * args.train_batch * ctx.world_size))
                 run.next_epoch()
                 keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
                 checkpoints.save(f"epoch_{epoch:04d}.pth" if keep else None)
@@ -761,6 +812,8 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                     raise stop.interrupted(f"interrupted after epoch {epoch}; continue with --resume auto"
                                            if ctx.is_main else "")
             checkpoints.wait()
+        for line in closing_lines(args, run.reference, history_of_monitor(args.out_dir) if ctx.is_main else {}):
+            tracker.print(line)
     except Exception as e:
         failure = distributed.collective_failure(e)
         if failure is not None:

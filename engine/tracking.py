@@ -79,6 +79,16 @@ class Tracker:
         for summary in hparams(values, {}):  # experiment, session start, session end
             self.writer.file_writer.add_summary(summary)
 
+    def arguments(self, flags: Mapping, commit: str | None, line: str) -> None:
+        """Write every flag and the git commit to ``args.json`` (atomically) and print ``line``, the few that
+        matter; the flags are in every checkpoint too."""
+        if not self.enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.out_dir / "args.json", "w") as f:
+            json.dump({"git_commit": commit, "args": dict(flags)}, f, indent=1, sort_keys=True, default=str)
+        self.print(f"{line} (every argument: {self.out_dir / 'args.json'})")
+
     def epoch(self, record: dict) -> None:
         """Append one JSON line to ``log.jsonl``."""
         if not self.enabled:

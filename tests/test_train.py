@@ -330,11 +330,12 @@ def test_objective_flags_parse_into_the_objective(capsys):
         assert message in capsys.readouterr().err
 
 
-def test_terms_switch_and_monitor_are_logged(csv_file, tmp_path):
+def test_terms_switch_and_monitor_are_logged(csv_file, tmp_path, capsys):
     data = Path(csv_file).parent
     out = tmp_path / "inst"
     history = run(csv_file, out, f"--epoch 1 --terms inst --tau 0.1 --monitor_train_csv {data / 'train.csv'} "
                                  f"--monitor_test_csv {data / 'test.csv'}")
+    printed = capsys.readouterr().out.splitlines()
     assert len(history) == 2
     for record in history:  # the total is the instance term alone (weight 1), every other term still logged
         assert record["loss"] == pytest.approx(record["inst"], rel=1e-6)
@@ -351,6 +352,24 @@ def test_terms_switch_and_monitor_are_logged(csv_file, tmp_path):
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
     state = load_checkpoint(out / "last.pth")
     assert state["args"]["terms"] == ["inst"] and state["args"]["tau"] == 0.1
+    # the terminal: the run in one line (every argument in args.json), the epoch's few numbers, what was made
+    saved = json.loads((out / "args.json").read_text())
+    assert saved["args"] == json.loads(json.dumps(state["args"])) and "git_commit" in saved
+    assert printed[0] == (f"pretraining s3d on {csv_file} (8 videos, 2 steps an epoch): 1 epochs, global batch 4 "
+                          f"(4 x 1 process(es)), --seq 8 --img_dim 32 --lr 0.001; writing {out} (every argument: "
+                          f"{out / 'args.json'})")
+    epoch = next(x for x in printed if x.startswith("epoch 0: "))
+    clips_s = 3 * 4 * 2 / line["train_seconds"]
+    assert epoch == (f"epoch 0: loss {line['loss']:.4f}, probe {line['monitor_probe_top1']:.3f} (step 0: "
+                     f"{init['monitor_probe_top1']:.3f}), kNN {line['monitor_knn_top1']:.3f} (step 0: "
+                     f"{init['monitor_knn_top1']:.3f}), erank {line['monitor_erank']:.1f}, {clips_s:.1f} clips/s, "
+                     f"{line['train_seconds']:.1f} s")
+    assert printed[-3:] == [f"done: {out / 'last.pth'}",
+                            f"the monitor: linear probe {line['monitor_probe_top1']:.3f} (step 0: "
+                            f"{init['monitor_probe_top1']:.3f}), kNN {line['monitor_knn_top1']:.3f} (step 0: "
+                            f"{init['monitor_knn_top1']:.3f})",
+                            f"next: python eval_linear.py --pretrained {out / 'last.pth'} --train_csv TRAIN.csv "
+                            "--test_csv TEST.csv (docs/evaluation.md)"]
 
 
 def test_augmentation_flags_reach_the_dataset(csv_file, capsys):
