@@ -6,7 +6,7 @@
 
 The backbone is frozen (``eval()`` mode, no gradient); the head is L2-normalise -> BatchNorm1d ->
 Linear, trained with SGD (CoCLR's recipe). Accuracy is video-level; see ``evaluation/protocol.py`` and the
-README's "Downstream evaluation".
+page docs/downstream.md, "Downstream evaluation".
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python finetune.py --pretrained runs/mfo/last.pth --train_csv ucf_train.csv --test_csv ucf_test.csv
 
 The whole network is trained with Adam; the head is Dropout(0.9) -> Linear and the backbone's
-learning rate is a tenth of the head's. Accuracy is video-level; see ``evaluation/protocol.py`` and the README's
+learning rate is a tenth of the head's. Accuracy is video-level; see ``evaluation/protocol.py`` and docs/downstream.md,
 "Downstream evaluation".
 """
 from __future__ import annotations

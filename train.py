@@ -48,7 +48,7 @@ class CompileError(UserError):
     """``--compile`` cannot run here (torch.compile failed to trace or to build the backbone)."""
 
 
-# The flags a resume may change (the README's "Pretraining" lists them): where the run writes and how
+# The flags a resume may change (docs/pretraining.md "Stopping and resuming" lists them): where the run writes and how
 # fast it goes, never what it computes. --epoch extends a finished run; --train_batch may change with the number
 # of processes as long as the global batch stays (check_resume); every other flag must be the checkpoint's.
 RESUME_MAY_CHANGE = ("epoch", "max_steps", "workers", "strict_data", "save_every", "keep_epochs", "log_every",
@@ -80,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--rate", type=float, default=3.0, help="upper bound of the random frame sampling rate")
     g.add_argument("--jitter", type=float, nargs=4, default=[0.5, 0.5, 0.5, 0.25], metavar=("B", "C", "S", "H"),
                    help="per-frame colour jitter strengths: brightness, contrast, saturation, hue "
-                        "(0 0 0 0: none; see the README's 'Small data')")
+                        "(0 0 0 0: none; see docs/pretraining.md 'Small data')")
     g.add_argument("--gray_p", type=float, default=0.5, help="per-frame probability of random gray (0: never)")
     g.add_argument("--flip_p", type=float, default=0.5, help="per-clip probability of a horizontal flip (0: never)")
     g.add_argument("--train_batch", type=int, default=64, help="videos per batch, per process")
@@ -108,7 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "the heads, the prototype layer, Sinkhorn and every loss stay in float32")
     g.add_argument("--compile", action="store_true",
                    help="compile the backbone with torch.compile (off by default: the first steps then take a "
-                        "minute or more; see the README's 'Training speed')")
+                        "minute or more; see docs/benchmarks.md 'Training speed')")
     g.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm layers in eval mode (running statistics); used to compare runs "
                         "over different numbers of workers")
@@ -301,7 +301,7 @@ def img_dim_warning(arch: str, img_dim: int) -> str | None:
 def collapse_warning(rank: float | None, width: int, probe: float | None, probe_at_0: float | None) -> str | None:
     """The warning for pooled features of effective ``rank`` below 5% of the ``width`` they could span;
     None when the rank is higher, or when the monitor's probe reads more than at step 0 (a representation
-    can learn on few directions: the README's 'Watching a run')."""
+    can learn on few directions: docs/pretraining.md 'Watching a run')."""
     if rank is None or rank >= 0.05 * width:
         return None
     if probe is not None and probe_at_0 is not None and probe > probe_at_0:
@@ -309,7 +309,7 @@ def collapse_warning(rank: float | None, width: int, probe: float | None, probe_
     probed = "" if probe is None else f", the probe's top-1 {probe:.3f}" + (
         "" if probe_at_0 is None else f" (at step 0: {probe_at_0:.3f})")
     return (f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of {width} possible "
-            f"(below 5%){probed}; see the README's 'Watching a run' for what to try")
+            f"(below 5%){probed}; see docs/pretraining.md 'Watching a run' for what to try")
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:

@@ -20,7 +20,7 @@ from models import BACKBONES, min_seq
 
 NUM_CLASSES = {"ucf101": 101, "hmdb51": 51}
 VIEWS = ("center", "five", "ten")
-# The flags a resume (--resume) may change; every other flag must equal the checkpoint's (see the README's
+# The flags a resume (--resume) may change; every other flag must equal the checkpoint's (see docs/downstream.md
 # "Stopping and resuming a run"): --epochs extends a run, the others do not change what is computed.
 RESUME_MAY_CHANGE = ("class_names", "epochs", "out_dir", "overwrite", "resume", "workers")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of this project, in one prepared call per phase (see the README's "Training speed" and
-# "Ablation" sections for what they measured). Usage, from the repository root:
+# The GPU checks of this project, in one prepared call per phase (see docs/benchmarks.md "Training speed" and
+# docs/pretraining.md "Ablation" for what they measured). Usage, from the repository root:
 #
 #   bash scripts/gpu_check.sh speed      # = tests step profile loop: CUDA tests, step benchmark (fp32 vs bf16,
 #                                        #   layouts), profile, loop benchmark
@@ -68,8 +68,8 @@ for what in "${phases[@]}"; do
     evidence)
         phase data 120 python3 scripts/make_demo_data.py --kind motion --out "$WORK/data" "${DATA[@]}" --workers "$WORKERS"
         MONITOR="--monitor_train_csv $WORK/data/train.csv --monitor_test_csv $WORK/data/test.csv --monitor_every 2"
-        # random init and full MFO with the README's small-data recipe, then full MFO with the paper's augmentations;
-        # the monitor (probe, kNN, rank) runs at step 0 and every 2 epochs of each pretraining
+        # random init and full MFO with the small-data recipe of docs/pretraining.md, then full MFO with the
+        # paper's augmentations; the monitor (probe, kNN, rank) runs at step 0 and every 2 epochs of each pretraining
         phase recipe 600 python3 scripts/ablation.py --out "$WORK/recipe" --data "$WORK/data" --variants random full \
             --seeds 1 "${CELL[@]}" --minutes "$MINUTES" --epoch 100 --workers "$WORKERS" \
             --train_args="--amp $MONITOR --jitter 0 0 0 0 --gray_p 0 --flip_p 0"

@@ -1,4 +1,4 @@
-"""Write the CSV indexes of extracted frame folders or of video files (README: "Data preparation").
+"""Write the CSV indexes of extracted frame folders or of video files (docs/data.md: "Data preparation").
 
   frames  --root FRAMES --out FILE [--labels]   one row per FRAMES/<class>/<video>/ folder:
           path,frames (path,frames,label with --labels; label = class folder's sorted index)

@@ -3,7 +3,7 @@
     python scripts/make_demo_data.py --out data/demo                      # the demo (4 drift directions)
     python scripts/make_demo_data.py --kind motion --out data/motion      # the motion benchmark (8 classes)
     python scripts/make_demo_data.py --kind motion --out data/motion128 --size 128 \
-        --n_pretrain 1200 --n_train 904 --n_test 296 --workers 16         # at the GPU size (see the README)
+        --n_pretrain 1200 --n_train 904 --n_test 296 --workers 16         # at the GPU size (see docs/data.md)
 
 ``--kind shapes`` (the default): the small demo of ``train.py --demo`` (``datasets/demo.py``):
 shapes drifting left/right/up/down, all videos in ``pretrain.csv`` and a quarter in ``test.csv``.

@@ -1,4 +1,4 @@
-"""Temporal CAM: where in the frame a frozen backbone sees the arrow of time (README: "Temporal CAM").
+"""Temporal CAM: where in the frame a frozen backbone sees the arrow of time (docs/downstream.md: "Temporal CAM").
 
 1. trains a bias-free linear head on the pooled ``high`` map of the frozen backbone to tell each
    training clip (label 0) from its time-reversed copy (label 1), and saves it as ``order_head.pth``;
