@@ -10,14 +10,12 @@ Tiny run on generated data:       python train.py --demo
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import signal
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -29,19 +27,21 @@ from datasets import DataError, FrameDecodeError, PretrainDataset
 from datasets.demo import make_demo_data
 from datasets.loader import loader_kwargs
 from engine import distributed
-from engine.checkpoint import (BackgroundWriter, CheckpointError, check_resume_flags, git_commit, host_copy,
-                               key_mismatch, load_checkpoint, resolve_resume, resume_hint, rng_state,
-                               save_checkpoint, set_rng_state, unwrap)
+from engine.checkpoint import (CheckpointError, check_resume_flags, git_commit, key_mismatch, load_checkpoint,
+                               resolve_resume, resume_hint, set_rng_state, unwrap)
 from engine.device import prefetch
 from engine.errors import UserError, exit_on_error
 from engine.interrupt import NOTICE, GracefulStop
+from engine.lines import closing_lines, epoch_line, history_of_monitor, run_line
 from engine.rundir import claim_out_dir, remove_run_outputs
 from engine.sampling import EpochStream, SeededSamples
-from engine.tracking import Tracker, check_finite
-from evaluation.monitor import KnnMonitor, batch_health
+from engine.run import (Checkpointer, Finished, RunningMeans, RunState, StepLog, Training, check_epochs,
+                        check_global_batch, distribute, reads_at, saved_world_size, seed_everything)
+from engine.tracking import Tracker
+from evaluation.monitor import KnnMonitor, batch_health, collapse_warning
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MOTION_STEPS, MFOModel
-from models.backbones import HIGH_STRIDE, min_seq
+from models.backbones import HIGH_STRIDE, img_dim_warning, min_seq
 
 
 class CompileError(UserError):
@@ -241,75 +241,12 @@ def objective_of(args: argparse.Namespace) -> Objective:
                      proto_weight=args.proto_weight, thres=args.thres)
 
 
-def run_line(args: argparse.Namespace, world_size: int, videos: int, steps: int) -> str:
-    """The run in one line: what trains on what, for how long, where it writes."""
-    return (f"pretraining {args.arch} on {args.csv_file} ({videos} videos, {steps} steps an epoch): {args.epoch} "
-            f"epochs, global batch {args.train_batch * world_size} ({args.train_batch} x {world_size} process(es)), "
-            f"--seq {args.seq} --img_dim {args.img_dim} --lr {args.lr:g}; writing {args.out_dir}")
 
 
-def epoch_line(summary: dict, reference: dict, clips_per_step: int) -> str:
-    """An epoch's terminal line: the numbers a person watches (``log.jsonl`` and TensorBoard have all)."""
-    parts = [f"epoch {summary['epoch']}: loss {summary['loss']:.4f}"]
-    for key, name in (("monitor_probe_top1", "probe"), ("monitor_knn_top1", "kNN")):
-        if key in summary:
-            at_0 = f" (step 0: {reference[key]:.3f})" if key in reference else ""
-            parts.append(f"{name} {summary[key]:.3f}{at_0}")
-    rank = summary.get("monitor_erank", summary.get("erank_pooled"))
-    if rank is not None:
-        parts.append(f"erank {rank:.1f}")
-    seconds = summary["train_seconds"]
-    parts.append(f"{clips_per_step * summary['steps'] / max(seconds, 1e-9):.1f} clips/s, {seconds:.1f} s")
-    return ", ".join(parts)
 
 
-def history_of_monitor(out_dir: str) -> dict:
-    """The monitor's values of the run's last epoch line in ``log.jsonl`` ({} without a monitor)."""
-    path = Path(out_dir) / "log.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    last = json.loads(lines[-1]) if lines else {}
-    return {k: v for k, v in last.items() if k.startswith("monitor_")}
 
 
-def closing_lines(args: argparse.Namespace, reference: dict, monitor: dict) -> list[str]:
-    """What a finished run made, what the monitor saw, and the next command to try."""
-    out = Path(args.out_dir)
-    kept = sorted(p.name for p in out.glob("epoch_*.pth"))
-    lines = [f"done: {out / 'last.pth'}" + (f" and {out / kept[-1]} (what an evaluation reads)" if kept else "")]
-    if "monitor_probe_top1" in monitor:
-        lines.append("the monitor: " + ", ".join(
-            f"{name} {monitor[key]:.3f}" + (f" (step 0: {reference[key]:.3f})" if key in reference else "")
-            for key, name in (("monitor_probe_top1", "linear probe"), ("monitor_knn_top1", "kNN"))))
-    if args.demo:
-        lines.append("next: python eval_linear.py --demo (a linear probe of this backbone), then "
-                     "python visualization/temporal_cam.py --demo")
-    else:
-        lines.append(f"next: python eval_linear.py --pretrained {out / (kept[-1] if kept else 'last.pth')} "
-                     "--train_csv TRAIN.csv --test_csv TEST.csv (docs/evaluation.md)")
-    return lines
-
-
-def img_dim_warning(arch: str, img_dim: int) -> str | None:
-    """A warning for crop sizes that train but give a degenerate last feature map."""
-    stride = HIGH_STRIDE[arch]
-    if img_dim < 2 * stride:
-        return (f"warning: --img_dim {img_dim} gives {arch} a last feature map with one real position a side "
-                f"(stride {stride}): spatial pooling and CAMs are degenerate; fine for tests, the paper uses 112")
-    return None
-
-
-def collapse_warning(rank: float | None, width: int, probe: float | None, probe_at_0: float | None) -> str | None:
-    """The warning for pooled features of effective ``rank`` below 5% of the ``width`` they could span;
-    None when the rank is higher, or when the monitor's probe reads more than at step 0 (a representation
-    can learn on few directions: docs/pretraining.md 'Watching a run')."""
-    if rank is None or rank >= 0.05 * width:
-        return None
-    if probe is not None and probe_at_0 is not None and probe > probe_at_0:
-        return None
-    probed = "" if probe is None else f", the probe's top-1 {probe:.3f}" + (
-        "" if probe_at_0 is None else f" (at step 0: {probe_at_0:.3f})")
-    return (f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of {width} possible "
-            f"(below 5%){probed}; see docs/pretraining.md 'Watching a run' for what to try")
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -369,124 +306,6 @@ def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, EpochStrea
     return loader, stream
 
 
-def check_resume(state: dict, path: Path, model: nn.Module, args: argparse.Namespace, world_size: int,
-                 verbose: bool) -> None:
-    """Refuse a checkpoint that cannot continue this run exactly (one line; the key lists with ``verbose``)."""
-    if "optimizer" not in state:
-        raise CheckpointError(f"--resume {path} holds model weights only (an epoch file: no optimizer state); "
-                              "resume from last.pth, or evaluate this file with --pretrained")
-    missing, unexpected, resized = key_mismatch(model, state["model"])
-    if missing or unexpected or resized:
-        names = ("arch", "channel", "cluster")
-        theirs = ", ".join(f"--{k} {state['args'].get(k)}" for k in names)
-        ours = ", ".join(f"--{k} {getattr(args, k)}" for k in names)
-        if verbose:
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized)):
-                print(f"{what} keys ({len(keys)}): {' '.join(keys) or '-'}", file=sys.stderr)
-        raise CheckpointError(f"--resume {path} does not fit this model: it was written with {theirs}, this run has "
-                              f"{ours} ({len(missing)} missing, {len(unexpected)} unexpected, {len(resized)} resized "
-                              f"keys{'' if verbose else '; --verbose lists them'}); give the checkpoint's flags")
-    old_world, old_batch = len(state["rng"]), state["args"]["train_batch"]
-    old_global, new_global = old_world * old_batch, world_size * args.train_batch
-    if old_global != new_global:
-        fits = f"--train_batch {old_global // world_size}" if old_global % world_size == 0 else \
-            f"{old_world} process(es)"
-        raise CheckpointError(f"--resume {path} was written with --train_batch {old_batch} on {old_world} "
-                              f"process(es), a global batch of {old_global}; this run has --train_batch "
-                              f"{args.train_batch} on {world_size} ({new_global}), so its steps would cover other "
-                              f"samples. Resume with {fits}, or start a new run in another --out_dir")
-
-
-@dataclass
-class RunState:
-    """Where a run stands: the counters that ``last.pth`` saves and a resume restores.
-
-    ``sums`` and ``counts`` are the running sums of every logged value over the steps of the current
-    epoch and the number of steps that logged it (the batch-health values are logged every
-    ``--log_every`` steps only), so an epoch's averages include the steps before a resume.
-    """
-
-    epoch: int = 0  # the epoch in progress
-    step_in_epoch: int = 0  # its steps done
-    global_step: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    replaced: int = 0  # videos replaced by another in this epoch, over all processes
-    seconds: float = 0.0  # wall time of this epoch's steps (the logged step times summed)
-    reference: dict[str, float] = field(default_factory=dict)  # the monitor's values at step 0
-
-    def add(self, record: dict[str, float]) -> None:
-        for name, value in record.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def means(self) -> dict[str, float]:
-        return {name: total / self.counts[name] for name, total in self.sums.items()}
-
-    def next_epoch(self) -> None:
-        self.epoch, self.step_in_epoch, self.sums, self.counts, self.replaced, self.seconds = \
-            self.epoch + 1, 0, {}, {}, 0, 0.0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "epoch_sums": dict(self.sums), "epoch_counts": dict(self.counts), "epoch_replaced": self.replaced,
-                "epoch_seconds": self.seconds, "monitor_reference": dict(self.reference)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        self.sums = dict(state.get("epoch_sums", {}))
-        # checkpoints from before per-value counts logged every value at every step
-        self.counts = dict(state.get("epoch_counts", {name: self.step_in_epoch for name in self.sums}))
-        self.replaced = state.get("epoch_replaced", 0)
-        self.seconds = state.get("epoch_seconds", 0.0)
-        self.reference = dict(state.get("monitor_reference", {}))
-
-
-class StepLog:
-    """The steps of the current logging interval, kept on the device until one read at its end.
-
-    Reading a CUDA tensor's value waits for every kernel queued before it. The trainer therefore
-    queues the steps of an interval back to back and reads them all at once (:meth:`read`): one
-    synchronisation per interval. Since the read waits for the work to finish, the wall time since
-    the previous read is the time of finished work, and the speed logged from it is true.
-    """
-
-    def __init__(self):
-        self.steps: list[tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]] = []
-        self.replaced = 0  # videos this process replaced in the interval
-        self.waited = 0.0  # seconds the loop waited for the loader in the interval
-        self.start = time.perf_counter()
-
-    def add(self, step: int, values: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor] | None,
-            replaced: int) -> None:
-        self.steps.append((step, values, outputs))
-        self.replaced += replaced
-
-    def read(self) -> tuple[list[dict[str, float]], float]:
-        """Every step's values as floats (one device-to-host copy; the batch health of the steps that kept
-        their outputs), and the wall seconds since the interval began. A non-finite loss raises."""
-        names = list(self.steps[0][1])
-        table = torch.stack([torch.stack([values[name].float() for name in names])
-                             for _, values, _ in self.steps]).cpu().tolist()  # [steps, values], waits for the device
-        seconds = time.perf_counter() - self.start
-        records = []
-        for (step, values, outputs), row in zip(self.steps, table):
-            record = dict(zip(names, row))
-            check_finite(record["loss"], record, step)
-            if outputs is not None:
-                record.update(batch_health({k: v.cpu() for k, v in outputs.items()}))
-            records.append(record)
-        return records, seconds
-
-
-def reads_at(global_step: int, step_in_epoch: int, steps: int, log_every: int) -> bool:
-    """Whether the step just done ends a logging interval (every ``log_every`` global steps, and the epoch's
-    last step). A function of counters that every rank shares, so every rank reaches the interval's
-    collectives at the same step: a rank-dependent term here is a deadlock (a rank that skips the read
-    leaves the others waiting in it)."""
-    return global_step % log_every == 0 or step_in_epoch == steps
-
-
 def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse.Namespace,
                     ctx: distributed.Context, objective: Objective, tracker: Tracker, amp: bool,
                     save: Callable[[], None], history: list[dict] | deque,
@@ -505,7 +324,7 @@ def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse
     set_train_mode(training.model, args.freeze_bn)
     clips_per_step = 3 * args.train_batch * ctx.world_size
     bar = tracker.progress(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch}")
-    log = StepLog()
+    log = StepLog(batch_health)
     while state.step_in_epoch < steps:
         tic = time.perf_counter()
         clips, n_replaced = next(batches)
@@ -533,7 +352,7 @@ def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse
         # a collective: `read` and `checkpoint` come from shared counters, flags and the agreed stop
         state.replaced += int(distributed.sum_over_workers(log.replaced))
         state.seconds += seconds
-        interval = RunState()
+        interval = RunningMeans()
         for record in records:
             state.add(record)
             interval.add(record)
@@ -546,7 +365,7 @@ def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse
                          "data/replaced_videos": state.replaced}, state.global_step)
         bar.update(len(records))
         bar.set_postfix(loss=f"{records[-1]['loss']:.3f}", clips_s=f"{clips_per_step * len(records) / seconds:.1f}")
-        log = StepLog()  # the next interval starts here: a checkpoint's snapshot below counts in it
+        log = StepLog(batch_health)  # the next interval starts here: a checkpoint's snapshot below counts in it
         if checkpoint:
             save()
         if reason is not None:
@@ -554,36 +373,6 @@ def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse
             return reason
     bar.close()
     return None
-
-
-@dataclass
-class Training:
-    """What a run trains and what its steps change, saved and restored together."""
-
-    model: nn.Module  # as train_step calls it: DistributedDataParallel under torch.distributed
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    bank: PrototypeBank
-    run: RunState
-
-    @property
-    def core(self) -> nn.Module:
-        return unwrap(self.model)
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore from a checkpoint loaded on the CPU (every tensor is copied onto its device here)."""
-        self.core.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        # Adam's moments in their parameter's memory layout: a checkpoint written on the CPU, or before the
-        # model went channels-last on CUDA, holds them contiguous, and the fused step reads them elementwise
-        for group in self.optimizer.param_groups:
-            for param in group["params"]:
-                for name, value in self.optimizer.state.get(param, {}).items():
-                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                        self.optimizer.state[param][name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.bank.load_state_dict(state["bank"])
-        self.run.load_state_dict(state)
 
 
 def build_training(args: argparse.Namespace, ctx: distributed.Context) -> Training:
@@ -603,65 +392,29 @@ def build_training(args: argparse.Namespace, ctx: distributed.Context) -> Traini
     return Training(model, optimizer, scheduler, bank, RunState())
 
 
-def distribute(training: Training, ctx: distributed.Context, compile: bool, dist_timeout: float) -> None:
-    """Wrap the model for several processes (SyncBatchNorm on CUDA, DDP); compile its backbone in place."""
-    if ctx.world_size > 1:
-        model = training.model
-        if ctx.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # graph heads are unused before --split
-        training.model = distributed.data_parallel(model, ctx.device, datetime.timedelta(minutes=dist_timeout),
-                                                   find_unused_parameters=True)
-    if compile:
-        training.core.backbone.compile()  # in place: the state dict's keys stay those of the plain backbone
-
-
-class Checkpointer:
-    """``last.pth`` (everything an exact resume needs) and the epoch files (what an evaluation needs) of a
-    :class:`Training`, written by rank 0 in the background from a snapshot taken at :meth:`save`."""
-
-    def __init__(self, training: Training, args: argparse.Namespace, ctx: distributed.Context, tracker: Tracker,
-                 videos: int):
-        self.training, self.args, self.ctx, self.tracker, self.videos = training, args, ctx, tracker, videos
-        self.writer = BackgroundWriter()
-
-    def save(self, epoch_file: str | None = None) -> None:
-        """A collective: every rank calls it (their random generators go into last.pth)."""
-        # every rank is here at the same step: train_one_epoch saves on shared counters, flags and the agreed
-        # stop, and main_worker after every epoch
-        rngs = distributed.all_gather_object(rng_state())
-        if not self.ctx.is_main:
-            return
-        self.tracker.flush()  # TensorBoard's events up to this step are on disk before the checkpoint that has it
-        t, out_dir = self.training, Path(self.args.out_dir)
-        weights = host_copy({"model": t.core.state_dict(), "bank": t.bank.state_dict(), "epoch": t.run.epoch,
-                             "global_step": t.run.global_step, "args": vars(self.args), "commit": git_commit()})
-        last = {**weights, **host_copy({"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-                                        "rng": rngs, "videos": self.videos, **t.run.state_dict()})}
-
-        def write() -> None:
-            if epoch_file:
-                save_checkpoint(weights, out_dir / epoch_file)
-            save_checkpoint(last, out_dir / "last.pth")
-
-        self.writer.submit(write)
-
-    def wait(self) -> None:
-        self.writer.wait()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Training, videos: int) -> list[str]:
     """Restore ``training`` from ``--resume``'s checkpoint, if any, after checking that it continues this run
-    exactly; returns the lines to print. A finished run has nothing left to do: :class:`Finished`."""
+    exactly (one line; the key lists with ``--verbose``); returns the lines to print. A finished run has
+    nothing left to do: :class:`engine.run.Finished`."""
     path = resolve_resume(args.resume, args.out_dir)
     if path is None:
         return [f"--resume auto: no {Path(args.out_dir) / 'last.pth'} yet, starting from the beginning"] \
             if args.resume else []
     state = load_checkpoint(path)  # on the CPU: the random generators' states must stay there
-    check_resume(state, path, training.core, args, ctx.world_size, verbose=args.verbose and ctx.is_main)
+    if "optimizer" not in state:
+        raise CheckpointError(f"--resume {path} holds model weights only (an epoch file: no optimizer state); "
+                              "resume from last.pth, or evaluate this file with --pretrained")
+    missing, unexpected, resized = key_mismatch(training.core, state["model"])
+    if missing or unexpected or resized:
+        theirs, ours = (", ".join(f"--{k} {v(k)}" for k in ("arch", "channel", "cluster"))
+                        for v in (state["args"].get, lambda k: getattr(args, k)))
+        if args.verbose and ctx.is_main:
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized)):
+                print(f"{what} keys ({len(keys)}): {' '.join(keys) or '-'}", file=sys.stderr)
+        raise CheckpointError(f"--resume {path} does not fit this model: it was written with {theirs}, this run has "
+                              f"{ours} ({len(missing)} missing, {len(unexpected)} unexpected, {len(resized)} resized "
+                              f"keys{'' if args.verbose else '; --verbose lists them'}); give the checkpoint's flags")
+    check_global_batch(path, state, args.train_batch, ctx.world_size)
     parser = get_args_parser()
     check_resume_flags(state["args"], vars(args), may_change=RESUME_MAY_CHANGE, path=path,
                        defaults={name: parser.get_default(name) for name in vars(args)}, spelling=flag_spelling())
@@ -669,29 +422,23 @@ def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Tr
         raise CheckpointError(f"--resume {path} was written for {state['videos']} usable videos in --csv_file "
                               f"{args.csv_file}, which now gives {videos}: the epochs would hold other samples. "
                               "Restore the CSV, or start a new run in another --out_dir")
-    done, trained = state["epoch"], state["args"]["epoch"]
-    if state["step_in_epoch"] == 0 and done == args.epoch:
-        raise Finished(f"nothing left to do: {path} is the end of a finished run of {done} epochs; to train "
-                       f"longer, give a larger --epoch with --resume auto")
-    if done > args.epoch or (done == args.epoch and state["step_in_epoch"]):
-        raise CheckpointError(f"--resume {path} has trained {done} epochs and {state['step_in_epoch']} steps, "
-                              f"more than --epoch {args.epoch}; give --epoch {trained} or more")
+    done, trained, step = state["epoch"], state["args"]["epoch"], state["step_in_epoch"]
+    check_epochs(done, step, args.epoch,
+                 finished=f"nothing left to do: {path} is the end of a finished run of {done} epochs; to train "
+                          "longer, give a larger --epoch with --resume auto",
+                 too_many=f"--resume {path} has trained {done} epochs and {step} steps, more than --epoch "
+                          f"{args.epoch}; give --epoch {trained} or more")
     training.load_state_dict(state)
-    lines = [f"resumed from {path}: epoch {done}, step {state['step_in_epoch']} of the epoch, "
-             f"global step {state['global_step']}"]
+    lines = [f"resumed from {path}: epoch {done}, step {step} of the epoch, global step {state['global_step']}"]
     if args.epoch != trained:
         lines.append(f"extending the run of --epoch {trained} to --epoch {args.epoch}")
-    if len(state["rng"]) == ctx.world_size:
+    if saved_world_size(state) == ctx.world_size:
         set_rng_state(state["rng"][ctx.rank])
     else:
-        lines.append(f"note: the checkpoint was written by {len(state['rng'])} process(es), this run has "
+        lines.append(f"note: the checkpoint was written by {saved_world_size(state)} process(es), this run has "
                      f"{ctx.world_size}: it continues at the same sample of the epoch (same global batch), "
                      "but the processes' random generators restart from --seed")
     return lines
-
-
-class Finished(Exception):
-    """``--resume`` of a run that has done its ``--epoch`` epochs: nothing to train (not an error)."""
 
 
 def end_of_epoch(training: Training, args: argparse.Namespace, objective: Objective, steps: int,
@@ -715,7 +462,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                         "the contrastive terms need at least 2 videos (one clip pair has no negatives); use "
                         "--train_batch 2 or more")
     training = build_training(args, ctx)
-    distributed.seed_worker_process(args.seed + ctx.rank)
+    seed_everything(args.seed + ctx.rank)
     loader, stream = build_loader(args, ctx)
     videos = len(loader.dataset)
     try:
@@ -736,7 +483,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=run.global_step + 1 if args.resume else None)
     if args.resume:
         tracker.truncate_log("epoch", below=run.epoch)
-    tracker.arguments(vars(args), git_commit(), run_line(args, ctx.world_size, videos, stream.steps_per_epoch))
+    tracker.arguments(vars(args), git_commit(), run_line(vars(args), ctx.world_size, videos, stream.steps_per_epoch))
     objective = objective_of(args)
     settings = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in asdict(objective).items()}
     tracker.hparams({**settings, "lr": args.lr, "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq,
@@ -747,7 +494,12 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             [w for w in [img_dim_warning(args.arch, args.img_dim)] if w] + notes:
         tracker.print(line)
     distribute(training, ctx, args.compile, args.dist_timeout)
-    checkpoints = Checkpointer(training, args, ctx, tracker, videos=videos)
+    checkpoints = Checkpointer(args.out_dir, is_main=ctx.is_main, flush=tracker.flush)
+
+    def save(epoch_file: str | None = None) -> None:
+        """A collective (every rank's random generators go into last.pth): train_one_epoch saves on shared
+        counters, flags and the agreed stop, and the epoch loop below after every epoch."""
+        checkpoints.save(lambda rngs: training.files(rngs, vars(args), videos, epoch_file))
 
     def watch(step: int) -> dict[str, float]:
         """Run the monitor (a collective under DDP: every rank runs it, at step 0 and at the epochs that
@@ -775,7 +527,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                                                                           ("monitor_erank", "erank"))))
             while run.epoch < args.epoch:
                 reason = train_one_epoch(training, batches, steps=stream.steps_per_epoch, args=args, ctx=ctx,
-                                         objective=objective, tracker=tracker, amp=amp, save=checkpoints.save,
+                                         objective=objective, tracker=tracker, amp=amp, save=save,
                                          history=history, stop=stop)
                 if reason is not None:
                     checkpoints.wait()
@@ -802,7 +554,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                 tracker.print(epoch_line(summary, run.reference, 3 * args.train_batch * ctx.world_size))
                 run.next_epoch()
                 keep = args.keep_epochs > 0 and (epoch + 1) % args.keep_epochs == 0
-                checkpoints.save(f"epoch_{epoch:04d}.pth" if keep else None)
+                save(f"epoch_{epoch:04d}.pth" if keep else None)
                 if stop.should_stop():  # a signal during the epoch's end (the monitor, the checkpoint)
                     checkpoints.wait()
                     if run.epoch == args.epoch:  # the run is complete: nothing is lost, nothing left to do
@@ -812,7 +564,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                     raise stop.interrupted(f"interrupted after epoch {epoch}; continue with --resume auto"
                                            if ctx.is_main else "")
             checkpoints.wait()
-        for line in closing_lines(args, run.reference, history_of_monitor(args.out_dir) if ctx.is_main else {}):
+        for line in closing_lines(args.out_dir, args.demo, run.reference, history_of_monitor(args.out_dir) if ctx.is_main else {}):
             tracker.print(line)
     except Exception as e:
         failure = distributed.collective_failure(e)

@@ -9,7 +9,6 @@ the same shape to a gather (equal local batches, e.g. a DistributedSampler with
 import datetime
 import os
 import pickle
-import random
 import signal
 import socket
 import sys
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -356,13 +354,6 @@ def data_parallel(model: torch.nn.Module, device: torch.device, timeout: datetim
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, process_group=group,
         find_unused_parameters=find_unused_parameters)
-
-
-def seed_worker_process(seed: int) -> None:
-    """Seed Python, NumPy and torch in this process (call inside each worker, with base seed + rank)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def all_gather_object(obj) -> list:

@@ -280,3 +280,17 @@ def batch_health(out: dict[str, Tensor]) -> dict[str, float]:
             stats = embedding_stats(out[level][:batch, :2].flatten(0, 1))  # [2B, C]
             health.update({f"erank_{level}": stats["erank"], f"std_{level}": stats["std"]})
     return health
+
+
+def collapse_warning(rank: float | None, width: int, probe: float | None, probe_at_0: float | None) -> str | None:
+    """The warning for pooled features of effective ``rank`` below 5% of the ``width`` they could span;
+    None when the rank is higher, or when the monitor's probe reads more than at step 0 (a representation
+    can learn on few directions: docs/pretraining.md 'Watching a run')."""
+    if rank is None or rank >= 0.05 * width:
+        return None
+    if probe is not None and probe_at_0 is not None and probe > probe_at_0:
+        return None
+    probed = "" if probe is None else f", the probe's top-1 {probe:.3f}" + (
+        "" if probe_at_0 is None else f" (at step 0: {probe_at_0:.3f})")
+    return (f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of {width} possible "
+            f"(below 5%){probed}; see docs/pretraining.md 'Watching a run' for what to try")

@@ -111,3 +111,12 @@ def build_backbone(name: str) -> nn.Module:
         # running statistics would barely move, so use the standard BatchNorm3d
         return S3DTrunk(S3D(norm_layer=nn.BatchNorm3d))
     raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+
+
+def img_dim_warning(arch: str, img_dim: int) -> str | None:
+    """A warning for crop sizes that train but give a degenerate last feature map."""
+    stride = HIGH_STRIDE[arch]
+    if img_dim < 2 * stride:
+        return (f"warning: --img_dim {img_dim} gives {arch} a last feature map with one real position a side "
+                f"(stride {stride}): spatial pooling and CAMs are degenerate; fine for tests, the paper uses 112")
+    return None

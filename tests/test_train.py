@@ -15,6 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import engine.run
 import train
 from datasets import read_csv
 from datasets.demo import make_demo_data
@@ -125,7 +126,7 @@ def test_run_crosses_split_and_resumes_exactly(csv_file, full_run, tmp_path, mon
     def crash(state, path):
         raise Crash(path)
 
-    monkeypatch.setattr(train, "save_checkpoint", crash)
+    monkeypatch.setattr(engine.run, "save_checkpoint", crash)
     with pytest.raises(Crash):
         run(csv_file, resumed, "--resume auto --keep_epochs 2")
     monkeypatch.undo()
@@ -148,6 +149,32 @@ def test_run_crosses_split_and_resumes_exactly(csv_file, full_run, tmp_path, mon
         assert line == pytest.approx(want, abs=1e-6)
     names = sorted(p.name for p in resumed.iterdir())  # --keep_epochs 2: epoch 1 only; no temporary or lock file
     assert names == ["epoch_0001.pth", "last.pth", "log.jsonl", "tensorboard"]
+
+
+# the keys of a last.pth written before checkpoints recorded their world size (TINY --max_steps 1, commit 227e8a3)
+OLD_LAST_KEYS = {"args", "bank", "commit", "epoch", "epoch_counts", "epoch_replaced", "epoch_seconds", "epoch_sums",
+                 "global_step", "model", "monitor_reference", "optimizer", "rng", "scheduler", "step_in_epoch", "videos"}
+
+
+def test_a_last_pth_of_the_format_before_world_size_resumes_like_an_uninterrupted_run(csv_file, full_run, tmp_path):
+    """A last.pth records the number of processes that wrote it. One of the older format (no world size: it
+    was inferred from the random states) still resumes and ends like the uninterrupted run. The old file
+    itself is 166 MB, too large to keep here: the test makes it from a new one by deleting the key, and
+    checks that what remains is exactly the old file's key set (OLD_LAST_KEYS, read from a file the code
+    before the change wrote)."""
+    _, full = full_run
+    out_dir = tmp_path / "old"
+    first = run(csv_file, out_dir, "--max_steps 1")
+    state = load_checkpoint(out_dir / "last.pth")
+    assert state.pop("world_size") == 1 and set(state) == OLD_LAST_KEYS
+    save_checkpoint(state, out_dir / "last.pth")
+    rest = run(csv_file, out_dir, "--resume auto")
+    assert len(first) == 1 and len(rest) == 3
+    for a, b in zip(full, first + rest):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert abs(a[k] - b[k]) <= 1e-6, (k, a[k], b[k])
+    assert load_checkpoint(out_dir / "last.pth")["world_size"] == 1
 
 
 def test_epoch_files_hold_what_evaluation_needs_and_last_holds_the_rest(full_run, tmp_path, csv_file):

@@ -12,14 +12,12 @@
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
@@ -29,6 +27,7 @@ from datasets.loader import loader_kwargs
 from engine.checkpoint import git_commit, load_backbone, save_checkpoint
 from engine.errors import exit_on_error
 from engine.rundir import OutDirError, check_out_dir
+from engine.run import seed_everything
 from engine.tracking import Tracker, format_args
 from evaluation.loop import train_epoch
 from evaluation.protocol import check_clip_and_optimiser
@@ -155,9 +154,7 @@ def cam(args: argparse.Namespace) -> dict:
     before anything is written (a ``UserError`` otherwise)."""
     out_dir = Path(args.out_dir)
     check_out_dir(out_dir)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # every input first (the CSVs before a large checkpoint): a bad one stops the run before --out_dir is made
