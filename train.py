@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import asdict
@@ -27,25 +26,21 @@ from datasets import DataError, FrameDecodeError, PretrainDataset
 from datasets.demo import make_demo_data
 from datasets.loader import loader_kwargs
 from engine import distributed
-from engine.checkpoint import (CheckpointError, check_resume_flags, git_commit, key_mismatch, load_checkpoint,
-                               resolve_resume, resume_hint, set_rng_state, unwrap)
+from engine.checkpoint import (CheckpointError, check_resume_flags, git_commit, load_checkpoint, resolve_resume,
+                               resume_hint, set_rng_state, unwrap)
 from engine.device import prefetch
-from engine.errors import UserError, exit_on_error
+from engine.errors import exit_on_error
 from engine.interrupt import NOTICE, GracefulStop
-from engine.lines import closing_lines, epoch_line, history_of_monitor, run_line
+from engine.lines import closing_lines, epoch_line, history_of_monitor, reference_line, run_line
+from engine.run import (Checkpointer, Finished, RunningMeans, RunState, StepLog, Training, check_epochs, check_fits,
+                        check_global_batch, distribute, explained, reads_at, saved_world_size, seed_everything)
 from engine.rundir import claim_out_dir, remove_run_outputs
 from engine.sampling import EpochStream, SeededSamples
-from engine.run import (Checkpointer, Finished, RunningMeans, RunState, StepLog, Training, check_epochs,
-                        check_global_batch, distribute, reads_at, saved_world_size, seed_everything)
 from engine.tracking import Tracker
-from evaluation.monitor import KnnMonitor, batch_health, collapse_warning
+from evaluation.monitor import KnnMonitor, batch_health, collapse_in
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MOTION_STEPS, MFOModel
 from models.backbones import HIGH_STRIDE, img_dim_warning, min_seq
-
-
-class CompileError(UserError):
-    """``--compile`` cannot run here (torch.compile failed to trace or to build the backbone)."""
 
 
 # The flags a resume may change (docs/pretraining.md "Stopping and resuming" lists them): where the run writes and how
@@ -404,16 +399,8 @@ def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Tr
     if "optimizer" not in state:
         raise CheckpointError(f"--resume {path} holds model weights only (an epoch file: no optimizer state); "
                               "resume from last.pth, or evaluate this file with --pretrained")
-    missing, unexpected, resized = key_mismatch(training.core, state["model"])
-    if missing or unexpected or resized:
-        theirs, ours = (", ".join(f"--{k} {v(k)}" for k in ("arch", "channel", "cluster"))
-                        for v in (state["args"].get, lambda k: getattr(args, k)))
-        if args.verbose and ctx.is_main:
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized)):
-                print(f"{what} keys ({len(keys)}): {' '.join(keys) or '-'}", file=sys.stderr)
-        raise CheckpointError(f"--resume {path} does not fit this model: it was written with {theirs}, this run has "
-                              f"{ours} ({len(missing)} missing, {len(unexpected)} unexpected, {len(resized)} resized "
-                              f"keys{'' if args.verbose else '; --verbose lists them'}); give the checkpoint's flags")
+    check_fits(path, training.core, state, vars(args), names=("arch", "channel", "cluster"),
+               verbose=args.verbose, show=ctx.is_main)
     check_global_batch(path, state, args.train_batch, ctx.world_size)
     parser = get_args_parser()
     check_resume_flags(state["args"], vars(args), may_change=RESUME_MAY_CHANGE, path=path,
@@ -521,10 +508,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
             if monitor is not None and run.global_step == 0:  # the backbone at initialisation: each curve's reference
                 run.reference = watch(0)
                 tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
-                tracker.print("step 0, the backbone at initialisation: " + ", ".join(
-                    f"{name} {run.reference[key]:.3f}" for key, name in (("monitor_probe_top1", "probe"),
-                                                                          ("monitor_knn_top1", "kNN"),
-                                                                          ("monitor_erank", "erank"))))
+                tracker.print(reference_line(run.reference))
             while run.epoch < args.epoch:
                 reason = train_one_epoch(training, batches, steps=stream.steps_per_epoch, args=args, ctx=ctx,
                                          objective=objective, tracker=tracker, amp=amp, save=save,
@@ -538,13 +522,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                     return list(history)
                 epoch = run.epoch
                 summary = end_of_epoch(training, args, objective, stream.steps_per_epoch, watch if monitor else None)
-                if "monitor_erank" in summary:
-                    rank, width = summary["monitor_erank"], min(summary["monitor_width"], summary["monitor_rows"])
-                else:
-                    rank = summary.get("erank_pooled")
-                    width = min(training.core.backbone.channels[2], 2 * args.train_batch)
-                warning = collapse_warning(rank, width, summary.get("monitor_probe_top1"),
-                                           run.reference.get("monitor_probe_top1"))
+                warning = collapse_in(summary, run.reference, training.core.backbone.channels[2], args.train_batch)
                 if warning and not warned_collapse:
                     warned_collapse = True
                     tracker.print(warning)
@@ -564,32 +542,16 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                     raise stop.interrupted(f"interrupted after epoch {epoch}; continue with --resume auto"
                                            if ctx.is_main else "")
             checkpoints.wait()
-        for line in closing_lines(args.out_dir, args.demo, run.reference, history_of_monitor(args.out_dir) if ctx.is_main else {}):
+        monitored = history_of_monitor(args.out_dir) if ctx.is_main else {}
+        for line in closing_lines(args.out_dir, args.demo, run.reference, monitored):
             tracker.print(line)
     except Exception as e:
-        failure = distributed.collective_failure(e)
-        if failure is not None:
-            raise distributed.CollectiveError(
-                f"{where()}: {failure}; --dist-timeout is {args.dist_timeout:g} min. The last checkpoint in "
-                f"{args.out_dir} is intact: continue with --resume auto") from e
-        if args.compile and compile_failure(e):
-            cause = getattr(e, "inner_exception", None) or e  # a backend's failure, wrapped by dynamo
-            reason = (str(cause).strip().splitlines() or [""])[0]
-            raise CompileError(f"--compile: torch.compile could not build the backbone here "
-                               f"({type(cause).__name__}: {reason}); run without --compile") from e
-        raise
+        raise explained(e, where(), dist_timeout=args.dist_timeout, out_dir=args.out_dir, compiled=args.compile)
     finally:
         batches.close()  # stops the loader's workers
         checkpoints.close()
         tracker.close()
     return list(history)
-
-
-def compile_failure(error: Exception) -> bool:
-    """Whether ``error`` is torch.compile's (tracing or building, e.g. no C++ compiler or no Triton)."""
-    import torch._dynamo  # only imported with --compile: slow to import
-
-    return isinstance(error, torch._dynamo.exc.TorchDynamoException)
 
 
 def main(argv=None) -> list[dict] | None:

@@ -15,6 +15,13 @@ def run_line(flags: Mapping, world_size: int, videos: int, steps: int) -> str:
             f"--seq {f['seq']} --img_dim {f['img_dim']} --lr {f['lr']:g}; writing {f['out_dir']}")
 
 
+def reference_line(reference: dict) -> str:
+    """The monitor's values at step 0, the reference of each curve."""
+    return "step 0, the backbone at initialisation: " + ", ".join(
+        f"{name} {reference[key]:.3f}" for key, name in (("monitor_probe_top1", "probe"), ("monitor_knn_top1", "kNN"),
+                                                         ("monitor_erank", "erank")))
+
+
 def epoch_line(summary: dict, reference: dict, clips_per_step: int) -> str:
     """An epoch's terminal line."""
     parts = [f"epoch {summary['epoch']}: loss {summary['loss']:.4f}"]

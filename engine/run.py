@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 
 from engine import distributed
-from engine.checkpoint import (BackgroundWriter, CheckpointError, git_commit, host_copy, rng_state, save_checkpoint,
-                               unwrap)
+from engine.checkpoint import (BackgroundWriter, CheckpointError, git_commit, host_copy, key_mismatch, rng_state,
+                               save_checkpoint, unwrap)
+from engine.errors import UserError
 from engine.tracking import check_finite
 
 
@@ -239,3 +241,47 @@ def check_global_batch(path: Path, state: dict, batch: int, world_size: int, *, 
                               f"process(es), a global batch of {old_global}; this run has {flag} "
                               f"{batch} on {world_size} ({new_global}), so its steps would cover other "
                               f"samples. Resume with {fits}, or start a new run in another --out_dir")
+
+
+def check_fits(path: Path, module: nn.Module, state: dict, flags: Mapping, *, names: tuple[str, ...], verbose: bool,
+               show: bool = True) -> None:
+    """Refuse a checkpoint whose ``model`` does not fit ``module`` in one line naming the flags ``names`` that
+    shape it (the checkpoint's and these ``flags``); ``verbose`` (printed where ``show``) lists the keys."""
+    missing, unexpected, resized = key_mismatch(module, state["model"])
+    if missing or unexpected or resized:
+        theirs, ours = (", ".join(f"--{k} {values.get(k)}" for k in names) for values in (state["args"], flags))
+        if verbose and show:
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized)):
+                print(f"{what} keys ({len(keys)}): {' '.join(keys) or '-'}", file=sys.stderr)
+        raise CheckpointError(f"--resume {path} does not fit this model: it was written with {theirs}, this run has "
+                              f"{ours} ({len(missing)} missing, {len(unexpected)} unexpected, {len(resized)} resized "
+                              f"keys{'' if verbose else '; --verbose lists them'}); give the checkpoint's flags")
+
+
+class CompileError(UserError):
+    """``--compile`` cannot run here (torch.compile failed to trace or to build the backbone)."""
+
+
+def compile_failure(error: Exception) -> bool:
+    """Whether ``error`` is torch.compile's (tracing or building, e.g. no C++ compiler or no Triton)."""
+    import torch._dynamo  # only imported with --compile: slow to import
+
+    return isinstance(error, torch._dynamo.exc.TorchDynamoException)
+
+
+def explained(error: Exception, where: str, *, dist_timeout: float, out_dir: str, compiled: bool) -> Exception:
+    """``error`` as one line (caused by it) when a collective failed at ``where`` (a peer hung or died) or, with
+    ``compiled``, torch.compile failed; else ``error`` itself, to raise again."""
+    failure = distributed.collective_failure(error)
+    if failure is not None:
+        line = distributed.CollectiveError(f"{where}: {failure}; --dist-timeout is {dist_timeout:g} min. The last "
+                                           f"checkpoint in {out_dir} is intact: continue with --resume auto")
+    elif compiled and compile_failure(error):
+        cause = getattr(error, "inner_exception", None) or error  # a backend's failure, wrapped by dynamo
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        line = CompileError(f"--compile: torch.compile could not build the backbone here "
+                            f"({type(cause).__name__}: {reason}); run without --compile")
+    else:
+        return error
+    line.__cause__ = error
+    return line

@@ -294,3 +294,13 @@ def collapse_warning(rank: float | None, width: int, probe: float | None, probe_
         "" if probe_at_0 is None else f" (at step 0: {probe_at_0:.3f})")
     return (f"warning: the pooled backbone features have collapsed: effective rank {rank:.1f} of {width} possible "
             f"(below 5%){probed}; see docs/pretraining.md 'Watching a run' for what to try")
+
+
+def collapse_in(summary: dict, reference: dict, channels: int, batch: int) -> str | None:
+    """:func:`collapse_warning` for an epoch's ``summary``: the monitor's rank and width when it ran, else the
+    training batch's (the pooled features of its 2 x ``batch`` clips, ``channels`` wide)."""
+    if "monitor_erank" in summary:
+        rank, width = summary["monitor_erank"], min(summary["monitor_width"], summary["monitor_rows"])
+    else:
+        rank, width = summary.get("erank_pooled"), min(channels, 2 * batch)
+    return collapse_warning(rank, width, summary.get("monitor_probe_top1"), reference.get("monitor_probe_top1"))

@@ -21,6 +21,7 @@ from datasets import read_csv
 from datasets.demo import make_demo_data
 from datasets.index import write_csv
 from engine.checkpoint import load_backbone, load_checkpoint, save_checkpoint
+from evaluation.monitor import collapse_warning
 from losses import PrototypeBank
 from models import MFOModel
 from tests.cli import error_line
@@ -508,12 +509,12 @@ def test_compile_keeps_the_checkpoint_keys_and_a_failure_is_one_line(csv_file, t
 
 
 def test_collapse_warning_needs_a_low_rank_and_no_gain_of_the_probe():
-    assert train.collapse_warning(30.0, 512, None, None) is None  # 5.9 % of the width: no collapse
-    assert "effective rank 11.6 of 512 possible (below 5%);" in train.collapse_warning(11.6, 512, None, None)
+    assert collapse_warning(30.0, 512, None, None) is None  # 5.9 % of the width: no collapse
+    assert "effective rank 11.6 of 512 possible (below 5%);" in collapse_warning(11.6, 512, None, None)
     # the H200 run of docs/pretraining.md: rank 11.6 while the probe rose from 0.345 to 0.561: learning, not collapse
-    assert train.collapse_warning(11.6, 512, 0.561, 0.345) is None
+    assert collapse_warning(11.6, 512, 0.561, 0.345) is None
     assert ("rank 11.6 of 512 possible (below 5%), the probe's top-1 0.300 (at step 0: 0.345);"
-            in train.collapse_warning(11.6, 512, 0.300, 0.345))
+            in collapse_warning(11.6, 512, 0.300, 0.345))
 
 
 def test_sigterm_mid_epoch_saves_the_step_and_resume_ends_like_an_uninterrupted_run(csv_file, full_run, tmp_path,
