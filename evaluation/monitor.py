@@ -220,6 +220,8 @@ class KnnMonitor:
         loader = DataLoader(Subset(dataset, share), batch_size=self.batch_size, num_workers=self.workers,
                             **loader_kwargs(self.workers))
         feats, labels = pooled_features(backbone, loader, device, self.levels)
+        # a collective: every rank runs the monitor at the same points (train.py: step 0 and the epochs that
+        # --monitor_every picks from the shared epoch counter), and extracts both sets
         parts = distributed.all_gather_object((share, feats, labels))  # every rank's share, in rank order
         order = torch.tensor([i for indices, _, _ in parts for i in indices]).argsort()
         return ({level: torch.cat([f[level] for _, f, y in parts if len(y)])[order] for level in self.levels},
@@ -263,7 +265,7 @@ class KnnMonitor:
             backbone.train(was_training)
         # rank 0 scores the gathered features (the probe once, not on every rank); the others take its result
         scores = self._scores(train, train_labels, test, test_labels) if distributed.is_main_process() else None
-        scores = distributed.all_gather_object(scores)[0]
+        scores = distributed.all_gather_object(scores)[0]  # a collective on every rank: only what it holds differs
         return {**scores, "seconds": time.perf_counter() - tic}
 
 

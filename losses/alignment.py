@@ -22,6 +22,7 @@ def temporal_alignment(u: torch.Tensor, tau: float = 0.07) -> tuple[torch.Tensor
     steps = u.shape[-1]
     if steps % 2:
         raise ValueError(f"u must have shape [B, 3, C, L] with L even, got {list(u.shape)}")
+    # a collective: every rank computes every term at every step (mfo_objective; --split from the shared epoch)
     ua, ub, ug = all_gather_with_grad(u).unbind(1)  # 3 x [Bg, C, L]
     half = steps // 2
     o = torch.cat([F.adaptive_avg_pool1d(ua, half), F.adaptive_avg_pool1d(ub, half)], dim=-1)  # [Bg, C, L]

@@ -39,6 +39,7 @@ def instance_contrast(z: torch.Tensor, tau: float = 0.07) -> tuple[torch.Tensor,
     feeds ``infer_graph``).
     """
     check_shape("z", z, "[B, 2, C]", 3, {1: 2})
+    # a collective: every rank computes every term at every step (see losses.total.mfo_objective)
     lse_pos, lse_neg, zn = _pos_neg_lse(all_gather_with_grad(z), tau)  # [2Bg], [2Bg], [Bg, 2, C]
     loss = (torch.logaddexp(lse_pos, lse_neg) - lse_pos).mean()
     acc = (lse_pos > lse_neg).float().mean()
@@ -59,6 +60,7 @@ def motion_contrast(z: torch.Tensor, z_rev: torch.Tensor, tau: float = 0.07) -> 
     check_shape("z", z, "[B, 2, C]", 3, {1: 2})
     if z_rev.shape != z.shape:
         raise ValueError(f"z_rev must have the shape of z, {list(z.shape)}, got {list(z_rev.shape)}")
+    # a collective: every rank computes every term at every step (see losses.total.mfo_objective)
     both = all_gather_with_grad(torch.stack([z, z_rev], dim=1))  # [Bg, 2 (fwd, rev), 2, C]
     lse_pos, lse_neg, zn = _pos_neg_lse(both[:, 0], tau)  # [2Bg], [2Bg], [Bg, 2, C]
     rn = F.normalize(both[:, 1], dim=-1)  # [Bg, 2, C]

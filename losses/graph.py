@@ -34,6 +34,7 @@ def graph_constraint(z: torch.Tensor, graph: torch.Tensor, tau: float = 0.07) ->
     −log(P + 1e-10) ⊙ G (the average runs over entries, not per row, as in the original).
     """
     check_shape("z", z, "[B, 2, C]", 3, {1: 2})
+    # a collective: from --split on (an epoch every rank shares) every rank computes it at every step
     zn = F.normalize(all_gather_with_grad(z), dim=-1)  # [Bg, 2, C]
     check_shape("graph", graph, f"[B_global, B_global] with B_global = {zn.shape[0]}", 2,
                 {0: zn.shape[0], 1: zn.shape[0]})

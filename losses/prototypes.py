@@ -44,7 +44,7 @@ def prototype_swap(logits: torch.Tensor, bank: torch.Tensor, tau: float = 0.1, e
     the semantic label of a video is argmax(q_a + q_b).
     """
     check_shape("logits", logits, "[B, 2, K]", 3, {1: 2})
-    logits = all_gather_with_grad(logits)  # [Bg, 2, K]
+    logits = all_gather_with_grad(logits)  # [Bg, 2, K]; a collective: every rank, every step
     batch, _, k = logits.shape
     check_shape("bank", bank, f"[N, 2, K] with K = {k}", 3, {1: 2, 2: k})
     if bank.shape[0] < batch:
@@ -90,7 +90,7 @@ class PrototypeBank(nn.Module):
 
         A collective under ``torch.distributed``: every rank calls it, so every rank's bank stays equal.
         """
-        self.push(all_gather_no_grad(logits.detach()))  # [Bg, 2, K]
+        self.push(all_gather_no_grad(logits.detach()))  # [Bg, 2, K]; a collective: every rank, every step
 
     def read(self, use_queue: bool) -> torch.Tensor:
         """The whole queue [size, 2, K], or only the rows of the latest push [B_global, 2, K]."""

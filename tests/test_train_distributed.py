@@ -44,7 +44,8 @@ def data(tmp_path_factory) -> Path:
 
 def flags(data: Path, out_dir: Path, train_batch: int, extra: str = "") -> list[str]:
     return shlex.split(f"{FLAGS} --csv_file {data / 'pretrain.csv'} --monitor_train_csv {data / 'train.csv'} "
-                       f"--monitor_test_csv {data / 'test.csv'} --out_dir {out_dir} --train_batch {train_batch} {extra}")
+                       f"--monitor_test_csv {data / 'test.csv'} --out_dir {out_dir} --train_batch {train_batch} "
+                       f"{extra}")
 
 
 def environment(**extra: str) -> dict:
@@ -268,7 +269,7 @@ def test_two_gloo_workers_stop_together_when_one_gets_the_signal(small, tmp_path
     os.kill(workers_of(process)[1], signal.SIGTERM)
     status, out = finish(process)
     assert status == 143, out[-3000:]
-    assert re.search(r"interrupted (at epoch \d+, step \d of the epoch|after epoch \d+); continue with --resume auto\n$",
-                     out), out[-3000:]
+    assert re.search(r"interrupted (at epoch \d+, step \d of the epoch|after epoch \d+); continue with "
+                     r"--resume auto\n$", out), out[-3000:]
     state = load_checkpoint(out_dir / "last.pth")
     assert len(state["rng"]) == 2 and 2 <= state["global_step"] < 50 * 2
