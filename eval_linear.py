@@ -15,9 +15,10 @@ import argparse
 import torch
 
 from engine.errors import exit_on_error
+from engine.run import seed_everything
 from evaluation.data import read_inputs, video_datasets
 from evaluation.features import ClipFeatureSamples, VideoFeatures, cached_features
-from evaluation.loop import build_classifier, downstream_run, seed_everything, train_and_test
+from evaluation.loop import build_classifier, downstream_run, train_and_test
 from evaluation.protocol import Protocol, add_downstream_args, check_downstream_args
 from evaluation.retrieval import retrieval_report
 

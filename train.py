@@ -26,14 +26,15 @@ from datasets import DataError, FrameDecodeError, PretrainDataset
 from datasets.demo import make_demo_data
 from datasets.loader import loader_kwargs
 from engine import distributed
-from engine.checkpoint import (CheckpointError, check_resume_flags, git_commit, load_checkpoint, resolve_resume,
-                               resume_hint, set_rng_state, unwrap)
+from engine.checkpoint import (CheckpointError, check_resume_flags, flag_spelling, git_commit, load_checkpoint,
+                               resolve_resume, resume_hint, set_rng_state, unwrap)
 from engine.device import prefetch
 from engine.errors import exit_on_error
 from engine.interrupt import NOTICE, GracefulStop
 from engine.lines import closing_lines, epoch_line, history_of_monitor, reference_line, run_line
 from engine.run import (Checkpointer, Finished, RunningMeans, RunState, StepLog, Training, check_epochs, check_fits,
-                        check_global_batch, distribute, explained, reads_at, saved_world_size, seed_everything)
+                        check_global_batch, distribute, explained, reads_at, saved_world_size, seed_everything,
+                        set_train_mode)
 from engine.rundir import claim_out_dir, remove_run_outputs
 from engine.sampling import EpochStream, SeededSamples
 from engine.tracking import Tracker
@@ -45,7 +46,8 @@ from models.backbones import HIGH_STRIDE, img_dim_warning, min_seq
 
 # The flags a resume may change (docs/pretraining.md "Stopping and resuming" lists them): where the run writes and how
 # fast it goes, never what it computes. --epoch extends a finished run; --train_batch may change with the number
-# of processes as long as the global batch stays (check_resume); every other flag must be the checkpoint's.
+# of processes as long as the global batch stays (engine.run.check_global_batch); every other flag must be the
+# checkpoint's.
 RESUME_MAY_CHANGE = ("epoch", "max_steps", "workers", "strict_data", "save_every", "keep_epochs", "log_every",
                      "monitor_train_csv", "monitor_test_csv", "monitor_every", "out_dir", "resume", "overwrite",
                      "verbose", "demo", "compile", "train_batch", "multiprocessing_distributed", "nproc",
@@ -223,12 +225,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def flag_spelling() -> dict[str, str]:
-    """Each flag's name as the command line writes it (``dist_url`` -> ``--dist-url``), by attribute name."""
-    return {action.dest: max(action.option_strings, key=len) for action in get_args_parser()._actions
-            if action.option_strings}
-
-
 def objective_of(args: argparse.Namespace) -> Objective:
     """The objective the flags describe."""
     return Objective(terms=tuple(t for t in TERMS if t in args.terms), tau=args.tau, proto_tau=args.proto_tau,
@@ -242,14 +238,6 @@ def objective_of(args: argparse.Namespace) -> Objective:
 
 
 
-
-
-def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, clips: torch.Tensor, *,
@@ -404,7 +392,7 @@ def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Tr
     check_global_batch(path, state, args.train_batch, ctx.world_size)
     parser = get_args_parser()
     check_resume_flags(state["args"], vars(args), may_change=RESUME_MAY_CHANGE, path=path,
-                       defaults={name: parser.get_default(name) for name in vars(args)}, spelling=flag_spelling())
+                       defaults={name: parser.get_default(name) for name in vars(args)}, spelling=flag_spelling(parser))
     if state.get("videos", videos) != videos:  # checkpoints from before this check hold no count
         raise CheckpointError(f"--resume {path} was written for {state['videos']} usable videos in --csv_file "
                               f"{args.csv_file}, which now gives {videos}: the epochs would hold other samples. "

@@ -7,6 +7,7 @@ tensors and plain Python values (dicts, lists, numbers, strings), never pickled 
 """
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import shutil
@@ -228,6 +229,11 @@ def changed_flags(saved: Mapping, current: Mapping, *, may_change: Iterable[str]
         if differs:
             changed.append(f"{spelling.get(name, '--' + name)} {_flag_value(old)} -> {_flag_value(new)}")
     return changed
+
+
+def flag_spelling(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each flag's name as the command line writes it (``dist_url`` -> ``--dist-url``), by attribute name."""
+    return {action.dest: max(action.option_strings, key=len) for action in parser._actions if action.option_strings}
 
 
 def check_resume_flags(saved: Mapping, current: Mapping, *, may_change: Iterable[str], path: str | os.PathLike,

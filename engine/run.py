@@ -166,6 +166,15 @@ class Training:
         return {**({epoch_file: weights} if epoch_file else {}), "last.pth": last}
 
 
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """``model.train()``; with ``freeze_bn`` its BatchNorm layers stay in eval mode (running statistics)."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def distribute(training: Training, ctx: distributed.Context, compile: bool, dist_timeout: float) -> None:
     """Wrap the model for several processes (SyncBatchNorm on CUDA, DDP); compile its backbone in place."""
     if ctx.world_size > 1:

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.checkpoint import (CheckpointError, check_resume_flags, git_commit, load_backbone, load_checkpoint,
-                               resolve_resume, rng_state, save_checkpoint, set_rng_state)
-from engine.files import atomic_write
+                               resolve_resume, save_checkpoint, set_rng_state)
 from engine.interrupt import GracefulStop
+from engine.run import Checkpointer, Finished, RunState, check_epochs
 from engine.rundir import RunFiles, claim_out_dir, remove_run_outputs
 from engine.tracking import Tracker, check_finite, format_args
 from evaluation.data import class_names, train_loader, video_loader
@@ -46,12 +44,6 @@ EVAL_FILES = RunFiles(names=("last.pth", "best.pth", "results.json", "confusion.
 def device() -> torch.device:
     """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_classifier(cfg: Protocol, head: str, dropout: float = 0.0) -> tuple[VideoClassifier, str]:
@@ -78,20 +70,20 @@ class Run:
     done: dict | None = None
 
 
-def _finished_results(cfg: Protocol, state: dict) -> dict | None:
-    """The results of the run ``state`` ends, when it trained all ``cfg.epochs`` and was tested."""
+def _finished_results(cfg: Protocol) -> dict | None:
+    """The results of a run that trained all ``cfg.epochs`` and was tested (None when there are none, or
+    they are those of the run before an extension)."""
     results = Path(cfg.out_dir) / "results.json"
-    if state["epoch"] != cfg.epochs or state.get("step_in_epoch", 0) or not results.is_file():
-        return None
-    saved = json.loads(results.read_text(encoding="utf-8"))
-    return saved if saved.get("args", {}).get("epochs") == cfg.epochs else None  # else: of the run before an extension
+    saved = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
+    return saved if saved.get("args", {}).get("epochs") == cfg.epochs else None
 
 
 def resume_state(cfg: Protocol) -> tuple[dict | None, list[str]]:
     """The checkpoint ``cfg.resume`` names (None without one), checked to continue this run; and notes.
 
     Refuses (``CheckpointError``) a checkpoint written with other flags than this run's, except
-    ``RESUME_MAY_CHANGE``, and one that trained more epochs than ``cfg.epochs``. Reads only."""
+    ``RESUME_MAY_CHANGE``, and one that trained more epochs than ``cfg.epochs``. A run that trained them
+    all and was tested is finished (``engine.run.Finished``, with the line to print). Reads only."""
     path = resolve_resume(cfg.resume, cfg.out_dir)
     if path is None:
         return None, []
@@ -101,10 +93,14 @@ def resume_state(cfg: Protocol) -> tuple[dict | None, list[str]]:
                               "state or arguments); resume from the run's last.pth")
     check_resume_flags(state["args"], cfg.flags, may_change=RESUME_MAY_CHANGE, path=path)
     done, before = state["epoch"], state["args"].get("epochs")
-    if done > cfg.epochs or (done == cfg.epochs and state.get("step_in_epoch", 0)):
-        raise CheckpointError(f"--epochs {cfg.epochs}: {path} has trained {done} epochs already; a run cannot be "
-                              f"shortened: give --epochs {before or done} or more, or start a new run in another "
-                              "--out_dir")
+    results = _finished_results(cfg)
+    check_epochs(done, state.get("step_in_epoch", 0), cfg.epochs,
+                 too_many=f"--epochs {cfg.epochs}: {path} has trained {done} epochs already; a run cannot be "
+                          f"shortened: give --epochs {before or done} or more, or start a new run in another --out_dir",
+                 finished=None if results is None else
+                 f"nothing left to do: {cfg.out_dir} holds a finished run of {cfg.epochs} epochs "
+                 f"({Path(cfg.out_dir) / 'results.json'}: top-1 {100 * results['top1']:.2f}%); to train it longer, "
+                 "give a larger --epochs with --resume auto")
     notes = [f"resuming from {path} (epoch {done} done"
              + (f", {state['step_in_epoch']} steps of epoch {done + 1})" if state.get("step_in_epoch") else ")")]
     if before is not None and before == done < cfg.epochs:
@@ -122,12 +118,11 @@ def downstream_run(cfg: Protocol, notes: tuple[str, ...] = ()) -> Iterator[Run]:
     claimed (locked; leftovers of a run that saved nothing removed with ``--resume``; the outputs of
     ``EVAL_FILES`` deleted with ``--overwrite``), the tracker opened, the arguments and ``notes`` printed,
     and SIGINT / SIGTERM caught until the block ends (see :func:`fit`)."""
-    state, resume_notes = resume_state(cfg)
-    if state is not None and (done := _finished_results(cfg, state)) is not None:
-        print(f"nothing left to do: {cfg.out_dir} holds a finished run of {cfg.epochs} epochs "
-              f"({Path(cfg.out_dir) / 'results.json'}: top-1 {100 * done['top1']:.2f}%); to train it longer, "
-              "give a larger --epochs with --resume auto", flush=True)
-        yield Run(done=done)
+    try:
+        state, resume_notes = resume_state(cfg)
+    except Finished as line:
+        print(line, flush=True)
+        yield Run(done=_finished_results(cfg))
         return
     lock, claim_notes = claim_out_dir(cfg.out_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite, files=EVAL_FILES)
     tracker = None
@@ -150,40 +145,38 @@ def downstream_run(cfg: Protocol, notes: tuple[str, ...] = ()) -> Iterator[Run]:
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
-class EpochSums:
-    """How far an epoch got: batches done, and the sums its loss and accuracy are averaged from."""
+def saved_sums(run: RunState) -> dict:
+    """``last.pth``'s ``epoch_sums`` of the epoch in progress: batches done, loss summed over clips, clips right."""
+    return {"steps": run.step_in_epoch, "loss": run.sums.get("loss", 0.0), "correct": run.sums.get("acc", 0),
+            "seen": run.counts.get("loss", 0)}
 
-    steps: int = 0
-    loss: float = 0.0  # sum over clips
-    correct: int = 0
-    seen: int = 0
-    stopped: bool = field(default=False, compare=False)  # the epoch ended early on a stop request
 
-    def stats(self) -> dict[str, float]:
-        return {"loss": self.loss / max(self.seen, 1), "acc": self.correct / max(self.seen, 1)}
-
-    def saved(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "stopped"}
+def loaded_sums(saved: dict) -> RunState:
+    """The epoch in progress that :func:`saved_sums` wrote."""
+    seen = saved.get("seen", 0)
+    return RunState(step_in_epoch=saved.get("steps", 0), sums={"loss": saved.get("loss", 0.0),
+                                                                "acc": saved.get("correct", 0)} if seen else {},
+                    counts={"loss": seen, "acc": seen} if seen else {})
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, dev: torch.device,
                 tracker: Tracker, epoch: int, step: int, frozen: nn.Module | None = None, *,
-                sums: EpochSums | None = None, stop: GracefulStop | None = None) -> tuple[dict, int]:
+                sums: RunState | None = None, stop: GracefulStop | None = None) -> tuple[dict, int]:
     """One epoch of cross-entropy training; ``frozen`` (a submodule) stays in ``eval()`` mode.
 
-    ``sums``: the epoch's progress, updated in place (a resumed epoch passes what its checkpoint held;
-    ``loader`` then skips the batches done). ``stop``: asked after every step but the epoch's last; when
-    it says stop, the epoch ends there with ``sums.stopped`` set (the caller asks at the epoch's end).
+    ``sums``: the epoch's progress (``step_in_epoch`` and the running means), updated in place (a resumed
+    epoch passes what its checkpoint held; ``loader`` then skips the batches done). ``stop``: asked after
+    every step but the epoch's last; when it says stop, the epoch ends there, short of its steps (the caller
+    asks at the epoch's end).
     Returns the epoch's mean ``loss`` and clip ``acc`` (over
     every step, also those before a resume) and the global step after it.
     """
-    sums = EpochSums() if sums is None else sums
+    sums = RunState() if sums is None else sums
     model.train()
     if frozen is not None:
         frozen.eval()
-    total = sums.steps + len(loader)
-    bar = tracker.progress(loader, desc=f"epoch {epoch}", leave=False, initial=sums.steps, total=total)
+    total = sums.step_in_epoch + len(loader)
+    bar = tracker.progress(loader, desc=f"epoch {epoch}", leave=False, initial=sums.step_in_epoch, total=total)
     for inputs, labels in bar:
         inputs, labels = inputs.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         logits = model(inputs)  # [B,K]
@@ -193,18 +186,15 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         loss.backward()
         optimizer.step()
         hits = (logits.argmax(1) == labels).sum().item()
-        sums.steps += 1
-        sums.loss += loss.item() * len(labels)
-        sums.correct += hits
-        sums.seen += len(labels)
+        sums.step_in_epoch += 1
+        sums.add({"loss": loss.item(), "acc": hits / len(labels)}, weight=len(labels))
         tracker.scalars({"loss": loss.item(), "acc": hits / len(labels),
                          "lr": optimizer.param_groups[-1]["lr"]}, step, prefix="train/")
         step += 1
-        if stop is not None and sums.steps < total and stop.should_stop():
-            sums.stopped = True
+        if stop is not None and sums.step_in_epoch < total and stop.should_stop():
             break
     bar.close()
-    return sums.stats(), step
+    return {"loss": 0.0, "acc": 0.0, **sums.means()}, step
 
 
 def snapshot(module: nn.Module) -> dict[str, Tensor]:
@@ -239,18 +229,6 @@ def load_trained_state(model: nn.Module, state: dict[str, Tensor], frozen: nn.Mo
     model.load_state_dict(state, strict=False)
 
 
-def drop_later_epochs(log_file: Path, epoch: int) -> None:
-    """Keep the lines of ``log.jsonl`` up to ``epoch`` (1-based), which a resume from that epoch's
-    checkpoint continues; later ones were written by the interrupted run and are written again."""
-    if not log_file.is_file():
-        return
-    lines = log_file.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epoch]
-    if kept != lines:
-        with atomic_write(log_file, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-
-
 def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
         optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, tracker: Tracker,
         state: dict | None, dev: torch.device, frozen: nn.Module | None = None,
@@ -273,33 +251,35 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
     """
     out_dir = Path(cfg.out_dir)
     model.to(dev)
-    start, step, best, sums = 0, 0, {"epoch": 0, "val_top1": None}, EpochSums()
+    start, step, best, sums = 0, 0, {"epoch": 0, "val_top1": None}, RunState()
     if state:
         load_trained_state(model, state["model"], frozen)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, step, best = state["epoch"], state["step"], state["best"]
-        sums = EpochSums(**state.get("epoch_sums", {}))
-        drop_later_epochs(out_dir / "log.jsonl", start)
+        sums = loaded_sums(state.get("epoch_sums", {}))
+        tracker.truncate_log("epoch", below=start + 1)  # the lines of the epochs after the checkpoint's (1-based)
     loader = train_loader(train_set, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed)
     val = video_loader(val_set, workers=cfg.workers) if val_set is not None else None
     before = snapshot(frozen) if frozen is not None and start == 0 else None
 
+    checkpoints = Checkpointer(out_dir, flush=tracker.flush)  # one process: a collective of one
+
     def save(epoch_done: int) -> None:
-        save_checkpoint({"model": trained_state(model, frozen), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch_done, "step": step,
-                         "step_in_epoch": sums.steps, "epoch_sums": sums.saved(), "best": best,
-                         "rng": rng_state(), "args": dict(cfg.flags)}, out_dir / "last.pth")
+        checkpoints.save(lambda rngs: {"last.pth": {
+            "model": trained_state(model, frozen), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch_done, "step": step, "step_in_epoch": sums.step_in_epoch,
+            "epoch_sums": saved_sums(sums), "best": best, "rng": rngs[0], "args": dict(cfg.flags)}})
 
     for epoch in range(start, cfg.epochs):
-        loader.sampler.set_epoch(epoch, skip=sums.steps * cfg.batch_size)
+        loader.sampler.set_epoch(epoch, skip=sums.step_in_epoch * cfg.batch_size)
+        total = sums.step_in_epoch + len(loader)
         stats, step = train_epoch(model, loader, optimizer, dev, tracker, epoch, step, frozen, sums=sums, stop=stop)
-        if sums.stopped:
-            if tracker.writer is not None:
-                tracker.writer.flush()
+        if sums.step_in_epoch < total:  # stopped
             save(epoch)
-            raise stop.interrupted(f"interrupted at epoch {epoch + 1}, step {sums.steps} of the epoch (saved in "
+            checkpoints.close()
+            raise stop.interrupted(f"interrupted at epoch {epoch + 1}, step {sums.step_in_epoch} of the epoch (saved in "
                                    f"{out_dir / 'last.pth'}); continue with --resume auto")
         if before is not None:
             assert_unchanged(before, frozen)
@@ -314,16 +294,18 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
             if best["val_top1"] is None or record["val_top1"] > best["val_top1"]:
                 best = {"epoch": epoch + 1, "val_top1": record["val_top1"]}
                 save_checkpoint({"model": trained_state(model, frozen), "epoch": epoch + 1}, out_dir / "best.pth")
-        # the epoch's logs reach the disk before its checkpoint: a resume from an earlier one drops them
+        checkpoints.wait()  # the previous checkpoint is on disk before this epoch's line
+        # the epoch's logs reach the disk before its checkpoint (which flushes them): a resume from an earlier one
+        # drops them
         tracker.epoch(record)
-        if tracker.writer is not None:
-            tracker.writer.flush()
-        sums = EpochSums()
+        sums = RunState()
         save(epoch + 1)
         tracker.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         if stop is not None and epoch + 1 < cfg.epochs and stop.should_stop():
+            checkpoints.close()
             raise stop.interrupted(f"interrupted after epoch {epoch + 1} (saved in {out_dir / 'last.pth'}); "
                                    "continue with --resume auto")
+    checkpoints.close()
     if val is None:
         return {"epoch": cfg.epochs, "selected_by": "last epoch", "val_top1": None}
     load_trained_state(model, load_checkpoint(out_dir / "best.pth")["model"], frozen)

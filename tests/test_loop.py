@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import engine.run
 from engine.checkpoint import CheckpointError
 from engine.errors import Interrupted
 from engine.tracking import Tracker
@@ -232,7 +233,7 @@ def scalars(out_dir):
 def test_logs_after_a_kill_and_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch):
     run_fit(tmp_path / "full", 3, with_val=True)
 
-    real_save, saves = loop.save_checkpoint, []
+    real_save, saves = engine.run.save_checkpoint, []
 
     def killed_at_the_third_last_pth(state, path):
         if path.name == "last.pth":
@@ -241,10 +242,10 @@ def test_logs_after_a_kill_and_resume_equal_an_uninterrupted_run(tmp_path, monke
                 raise KeyboardInterrupt
         return real_save(state, path)
 
-    monkeypatch.setattr(loop, "save_checkpoint", killed_at_the_third_last_pth)
+    monkeypatch.setattr(engine.run, "save_checkpoint", killed_at_the_third_last_pth)
     with pytest.raises(KeyboardInterrupt):
         run_fit(tmp_path / "split", 3, with_val=True)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine.run, "save_checkpoint", real_save)
     run_fit(tmp_path / "split", 3, resume="auto", with_val=True, net_seed=123)
 
     full, split = scalars(tmp_path / "full"), scalars(tmp_path / "split")
