@@ -149,7 +149,7 @@ def test_run_crosses_split_and_resumes_exactly(csv_file, full_run, tmp_path, mon
         assert line.pop("train_seconds") > 0 and want.pop("train_seconds") > 0  # wall time: not reproducible
         assert line == pytest.approx(want, abs=1e-6)
     names = sorted(p.name for p in resumed.iterdir())  # --keep_epochs 2: epoch 1 only; no temporary or lock file
-    assert names == ["epoch_0001.pth", "last.pth", "log.jsonl", "tensorboard"]
+    assert names == ["args.json", "epoch_0001.pth", "last.pth", "log.jsonl", "tensorboard"]
 
 
 # the keys of a last.pth written before checkpoints recorded their world size (TINY --max_steps 1, commit 227e8a3)
