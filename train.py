@@ -32,7 +32,7 @@ from engine.device import prefetch
 from engine.errors import exit_on_error
 from engine.interrupt import NOTICE, GracefulStop
 from engine.lines import closing_lines, epoch_line, history_of_monitor, reference_line, run_line
-from engine.run import (Checkpointer, Finished, RunningMeans, RunState, StepLog, Training, check_epochs, check_fits,
+from engine.run import (Checkpointer, Finished, RunState, StepLog, Training, check_epochs, check_fits,
                         check_global_batch, distribute, explained, reads_at, saved_world_size, seed_everything,
                         set_train_mode)
 from engine.rundir import claim_out_dir, remove_run_outputs
@@ -335,17 +335,11 @@ def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse
         # a collective: `read` and `checkpoint` come from shared counters, flags and the agreed stop
         state.replaced += int(distributed.sum_over_workers(log.replaced))
         state.seconds += seconds
-        interval = RunningMeans()
         for record in records:
             state.add(record)
-            interval.add(record)
         history.extend(records)
-        tracker.scalars({f"train/{k}": v for k, v in interval.means().items()}, state.global_step)
-        tracker.scalars({"train/lr": training.optimizer.param_groups[0]["lr"],
-                         "speed/step_seconds": seconds / len(records),
-                         "speed/clips_per_s": clips_per_step * len(records) / seconds,
-                         "speed/data_wait_fraction": log.waited / seconds,
-                         "data/replaced_videos": state.replaced}, state.global_step)
+        tracker.scalars({**log.scalars(records, seconds, clips_per_step), "data/replaced_videos": state.replaced,
+                         "train/lr": training.optimizer.param_groups[0]["lr"]}, state.global_step)
         bar.update(len(records))
         bar.set_postfix(loss=f"{records[-1]['loss']:.3f}", clips_s=f"{clips_per_step * len(records) / seconds:.1f}")
         log = StepLog(batch_health)  # the next interval starts here: a checkpoint's snapshot below counts in it

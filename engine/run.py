@@ -126,6 +126,16 @@ class StepLog:
             records.append(record)
         return records, seconds
 
+    def scalars(self, records: list[dict[str, float]], seconds: float, clips_per_step: int) -> dict[str, float]:
+        """TensorBoard's values of the interval that :meth:`read` gave: the means of its steps' values
+        (``train/``; a value some steps lack is the mean of those that have it) and its speed."""
+        means = RunningMeans()
+        for record in records:
+            means.add(record)
+        return {**{f"train/{k}": v for k, v in means.means().items()}, "speed/step_seconds": seconds / len(records),
+                "speed/clips_per_s": clips_per_step * len(records) / seconds,
+                "speed/data_wait_fraction": self.waited / seconds}
+
 
 @dataclass
 class Training:
