@@ -551,6 +551,35 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_ends_like_an_uninterrupted_
         assert got == line
 
 
+def test_sigterm_during_the_last_checkpoint_ends_with_a_closing_line(csv_file, full_run, tmp_path, monkeypatch,
+                                                                    capfd):
+    """SIGTERM while the last epoch's checkpoint is being written: the run is complete, so it says so in a
+    closing line and ends normally (nothing to resume: a --resume auto has nothing left to do); before, it
+    ended on the notice 'stopping after the current step' alone."""
+    import signal
+
+    real, calls = train.Checkpointer.save, []
+
+    def signalled(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the end of epoch 1, the last
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Checkpointer, "save", signalled)
+    out = tmp_path / "ending"
+    assert len(run(csv_file, out)) == 4
+    printed = capfd.readouterr()
+    assert "SIGTERM received: stopping after the current step" in printed.err
+    assert f"SIGTERM arrived as the run ended: it is complete, {out / 'last.pth'} holds its end (epoch 1)" in \
+        printed.out
+    state, want = load_checkpoint(out / "last.pth"), load_checkpoint(full_run[0] / "last.pth")
+    assert (state["epoch"], state["step_in_epoch"]) == (2, 0)
+    assert all(torch.equal(state["model"][k], v) for k, v in want["model"].items())
+    monkeypatch.undo()
+    assert run(csv_file, out, "--resume auto") == [] and "nothing left to do" in capfd.readouterr().out
+
+
 def test_resume_refuses_changed_flags_and_says_when_a_run_is_finished_or_extended(csv_file, full_run, tmp_path,
                                                                                   capsys):
     import shutil
