@@ -115,3 +115,12 @@ def test_importing_models_loads_no_other_project_package():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['models']"
+
+
+def test_the_level_names_are_defined_once():
+    """``LEVELS`` (the backbone's maps, low to high) has one home, models/backbones.py; others import it."""
+    homes = [module_name(p) for p in ROOT.rglob("*.py") if ".venv" not in p.parts
+             for node in ast.parse(p.read_text(encoding="utf-8")).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+             if isinstance(target, ast.Name) and target.id == "LEVELS"]
+    assert homes == ["models.backbones"]
