@@ -130,8 +130,8 @@ def test_the_readme_begins_with_the_demo_and_the_tests_and_ci_runs_the_latter():
     lines = PAGES["README.md"].splitlines()
     commands = [line.strip() for line in lines[:20] if line.startswith("    ")]
     assert commands == [
-        "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python train.py --demo",
-        "python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt && .venv/bin/python -m pytest -q"]
+        "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt -e . && .venv/bin/python train.py --demo",
+        "python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt -e . && .venv/bin/python -m pytest -q"]
     ci = [line for line in (ROOT / ".ci/run").read_text(encoding="utf-8").splitlines()
           if line and not line.startswith(("#", "set ", "cd "))]
     assert " && ".join(ci) == commands[1]

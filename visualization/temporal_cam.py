@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
