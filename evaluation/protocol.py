@@ -60,9 +60,11 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
     model.add_argument("--arch", choices=BACKBONES, default="r3d18", help="backbone (default: r3d18)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
-    optim.add_argument("--batch_size", type=int, default=batch_size,
-                       help=f"clips per training step, and per forward pass at test time (default: {batch_size})")
+    optim.add_argument("--epoch", "--epochs", dest="epochs", type=int, metavar="N", default=epochs,
+                       help=f"training epochs (default: {epochs}); --epochs is the same flag")
+    optim.add_argument("--train_batch", "--batch_size", dest="batch_size", type=int, metavar="N", default=batch_size,
+                       help=f"clips per training step, and per forward pass at test time (default: {batch_size}); "
+                            "--batch_size is the same flag")
     optim.add_argument("--lr", type=float, default=lr, help=f"learning rate, > 0 (default: {lr:g})")
     optim.add_argument("--wd", type=float, default=wd, help=f"weight decay, >= 0 (default: {wd:g})")
     optim.add_argument("--schedule", type=int, nargs="*", default=schedule,
@@ -75,7 +77,7 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
                      help="'auto' continues from out_dir/last.pth if present (else starts, removing what a run that "
                           "saved nothing left), or a checkpoint path; the flags must be the checkpoint's, except "
                           f"{' '.join('--' + name for name in RESUME_MAY_CHANGE if name != 'resume')}; a larger "
-                          "--epochs extends a finished run (default: none)")
+                          "--epoch extends a finished run (default: none)")
     run.add_argument("--overwrite", action="store_true",
                      help="start again in an --out_dir that holds a run: deletes its last.pth, best.pth, results.json, "
                           "confusion.png, log.jsonl and tensorboard/ first (cached features and other files are kept)")

@@ -10,7 +10,9 @@ from .contrast import instance_contrast, motion_contrast
 from .graph import graph_constraint, infer_graph
 from .prototypes import prototype_swap
 
-LEVELS = ("high", "mid", "low")
+# the levels in the order of Objective.level_weights (train.py's --level_weights HIGH MID LOW), which is
+# also the order of the sum; the backbone's own order of its maps is models.backbones.LEVELS (low, mid, high)
+WEIGHT_ORDER = ("high", "mid", "low")
 KEYS = ("high", "high_t", "mid", "mid_t", "low", "low_t", "logits")
 GRAPH_KEYS = ("high_g", "mid_g", "low_g")
 TERMS = ("inst", "motion", "align", "proto", "graph")
@@ -82,14 +84,14 @@ def mfo_objective(out: dict[str, torch.Tensor], bank: torch.Tensor, *, use_graph
             raise ValueError(f"out['{name}'] must have shape [2B, 3, C] with B = {batch} "
                              f"(forward rows, then reversed rows), got {list(out[name].shape)}")
     obj, tau = objective, objective.tau
-    weights = dict(zip(LEVELS, obj.level_weights))
+    weights = dict(zip(WEIGHT_ORDER, obj.level_weights))
     terms = {}
     parts = []  # (switch, weight, term) in the order of the sum
 
     inst, inst_acc, sim = instance_contrast(out["high"][:, :2], tau)
     terms.update(inst=inst, inst_acc=inst_acc)
     parts.append(("inst", weights["high"], inst))
-    for level in LEVELS:
+    for level in WEIGHT_ORDER:
         align, acc = temporal_alignment(out[f"{level}_t"], tau)
         terms.update({f"align_{level}": align, f"align_{level}_acc": acc})
         parts.append(("align", weights[level], align))
@@ -108,7 +110,7 @@ def mfo_objective(out: dict[str, torch.Tensor], bank: torch.Tensor, *, use_graph
 
     if use_graph:
         graph = infer_graph(sim, labels, obj.thres)  # [Bg, Bg]
-        for level in LEVELS:
+        for level in WEIGHT_ORDER:
             term = graph_constraint(out[f"{level}_g"][:, :2], graph, tau)
             terms[f"graph_{level}"] = term
             parts.append(("graph", weights[level], term))

@@ -58,9 +58,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 import eval_linear
@@ -163,10 +160,10 @@ def score(args: argparse.Namespace, ckpt: Path | None, seed: int, data: Path, ce
     classes = len((data / "classes.txt").read_text().split())
     # --overwrite: a cell scored again (its scoring was interrupted) probes again, from the cached features
     probe = eval_linear.main([*shared_flags(args, ckpt, seed, data, cell / "probe"), "--features",
-                              "--num_classes", str(classes), "--epochs", str(args.probe_epochs), "--schedule",
-                              "--batch_size", "64", "--overwrite"])
-    order = temporal_cam.main([*shared_flags(args, ckpt, seed, data, cell / "order"), "--epochs",
-                               str(args.order_epochs), "--batch_size", "16", "--num_videos", "0"])
+                              "--num_classes", str(classes), "--epoch", str(args.probe_epochs), "--schedule",
+                              "--train_batch", "64", "--overwrite"])
+    order = temporal_cam.main([*shared_flags(args, ckpt, seed, data, cell / "order"), "--epoch",
+                               str(args.order_epochs), "--train_batch", "16", "--num_videos", "0"])
     backbone = load(ckpt, seed)
     return {"probe": probe["top1"], "order": order["order_accuracy"], **monitor_scores(args, backbone, data),
             **identity(args, backbone, data)}

@@ -17,12 +17,7 @@ import multiprocessing
 import os
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

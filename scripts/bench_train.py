@@ -35,10 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(ROOT))
-
 import torch
 
 import train
@@ -47,6 +43,7 @@ from engine.tracking import Tracker
 from losses import Objective, PrototypeBank
 from models import BACKBONES, MFOModel
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(batch=8, seq=8, img=64)
 PAPER = dict(batch=64, seq=16, img=112)
 

@@ -17,9 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from datasets.demo import CLASSES, make_demo_data
 from datasets.motion_demo import make_motion_data
 from engine.errors import UserError, exit_on_error

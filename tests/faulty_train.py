@@ -7,14 +7,10 @@ launcher: the patch is made at import, so spawned workers (which import this fil
 module) carry it too.
 """
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
-
-import train  # noqa: E402
-from engine import distributed  # noqa: E402
+import train
+from engine import distributed
 
 _step = train.train_step
 _done = [0]

@@ -6,6 +6,7 @@ import cannot hide an edge; one subprocess check confirms what ``import models``
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,15 @@ def imports_of(path: Path) -> set[str]:
     return {name for name in found if name.split(".")[0] in FIRST_PARTY}
 
 
+def project_files() -> list[Path]:
+    """Every .py file of the project: the entry points at the root and those of its packages (no .venv)."""
+    return [p for p in ROOT.rglob("*.py")
+            if p.parent == ROOT or p.relative_to(ROOT).parts[0] in FIRST_PARTY - ENTRY_POINTS]
+
+
 def graph() -> dict[str, set[str]]:
     """``{module: first-party modules it imports}`` for every module of the project."""
-    files = [p for p in ROOT.rglob("*.py")
-             if p.parent == ROOT or p.relative_to(ROOT).parts[0] in FIRST_PARTY - ENTRY_POINTS]
-    return {module_name(p): imports_of(p) for p in files}
+    return {module_name(p): imports_of(p) for p in project_files()}
 
 
 EDGES = graph()
@@ -115,3 +120,40 @@ def test_importing_models_loads_no_other_project_package():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['models']"
+
+
+def test_the_level_names_are_defined_once():
+    """``LEVELS`` (the backbone's maps, low to high) has one home, models/backbones.py; others import it."""
+    homes = [module_name(p) for p in project_files()
+             for node in ast.parse(p.read_text(encoding="utf-8")).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+             if isinstance(target, ast.Name) and target.id == "LEVELS"]
+    assert homes == ["models.backbones"]
+
+
+def test_no_module_edits_the_import_path():
+    """The tools import the project's packages through the installed checkout (pyproject.toml), not by
+    putting the repository root on ``sys.path`` themselves."""
+    edits = [f"{module}: sys.path.{node.attr}" for module, path in
+             ((module_name(p), p) for p in project_files())
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Attribute) and node.attr in ("insert", "append", "extend")
+             and ast.unparse(node.value) == "sys.path"]
+    assert edits == []
+
+
+def test_the_install_covers_every_package_and_entry_point():
+    """pyproject.toml installs every package of the checkout (tests aside) and every script at its root."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+    assert sorted(config["packages"]) == sorted(packages)
+    assert sorted(config["py-modules"]) == sorted(p.stem for p in ROOT.glob("*.py")) == sorted(ENTRY_POINTS)
+
+
+@pytest.mark.parametrize("script", ["scripts/make_csv.py", "scripts/make_demo_data.py", "visualization/temporal_cam.py"])
+def test_the_tools_run_from_another_folder(tmp_path, script):
+    """Run as files from outside the checkout, the tools find its packages (installed by `pip install -e .`)."""
+    done = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, f"{done.stderr}\n(is the checkout installed? the " \
+                                                             "README's commands run `pip install -e .`)"

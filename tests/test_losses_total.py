@@ -225,6 +225,13 @@ def test_constants_reach_their_terms():
     assert not torch.allclose(loss, mfo_objective(out, rows, use_graph=True)[0])
 
 
+def test_the_weights_are_ordered_high_mid_low_the_backbone_levels_reversed():
+    """``level_weights`` (and --level_weights) weigh high, mid, low: the backbone's levels, last first."""
+    from losses.total import WEIGHT_ORDER
+    from models import LEVELS
+    assert WEIGHT_ORDER == ("high", "mid", "low") == tuple(reversed(LEVELS))
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(terms=("inst", "colour")), "subset of"), (dict(terms=()), "subset of"), (dict(tau=0.0), "tau must be"),
     (dict(sk_iters=0), "sk_iters must be"), (dict(proto_weight=-1.0), "proto_weight must be"),

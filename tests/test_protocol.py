@@ -50,3 +50,17 @@ def test_help_names_the_flags_a_resume_may_change():
     for name in RESUME_MAY_CHANGE:
         if name != "resume":
             assert f"--{name}" in text[text.index("--resume RESUME"):]
+
+
+@pytest.mark.parametrize("primary, alias, dest, value", [
+    ("--epoch", "--epochs", "epochs", 7), ("--train_batch", "--batch_size", "batch_size", 3)])
+def test_the_old_spellings_are_the_same_flags(primary, alias, dest, value):
+    """``--epoch`` and ``--train_batch`` as train.py spells them; ``--epochs`` and ``--batch_size`` are kept. Both
+    are read into the one name a checkpoint records (so a resume compares them as one flag)."""
+    new, parser = parse(primary, str(value))
+    old, _ = parse(alias, str(value))
+    assert getattr(new, dest) == getattr(old, dest) == value and new.flags == old.flags
+    assert new.flags[dest] == value and primary[2:] not in new.flags
+    assert getattr(parse()[0], dest) != value  # not the default by chance
+    usage = " ".join(parser.format_usage().split())
+    assert f"[{primary} N]" in usage and alias not in usage  # the usage line spells the primary name

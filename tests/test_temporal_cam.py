@@ -133,7 +133,8 @@ def test_random_init_baseline_in_process(data, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     ([], "exactly one of --pretrained"),
     (["--random_init", "--pretrained", "x.pth"], "exactly one of --pretrained"),
-    (["--random_init", "--lr_decay", "0"], "--lr_decay"),
+    (["--random_init", "--lr_decay", "0"], "--decay_at (--lr_decay) is a fraction of the epochs in (0, 1], got 0"),
+    (["--random_init", "--decay_at", "1.5"], "--decay_at (--lr_decay) is a fraction of the epochs in (0, 1], got 1.5"),
     (["--random_init", "--epochs", "0"], "--epochs must be at least 1"),
     (["--random_init", "--num_videos", "-1"], "must not be negative"),
     (["--random_init", "--lr", "-0.01"], "--lr must be positive, got -0.01"),
@@ -150,6 +151,17 @@ def test_paper_defaults(tmp_path):
     args = parse_args(["--random_init", "--train_csv", "a.csv", "--test_csv", "b.csv", "--out_dir", str(tmp_path)])
     assert (args.arch, args.seq, args.img_dim, args.epochs, args.num_videos) == ("r3d18", 16, 224, 50, 8)
     assert (args.lr, args.wd, args.lr_decay) == (1e-3, 1e-3, 0.6)
+
+
+@pytest.mark.parametrize("primary, alias, dest, value", [
+    ("--epoch", "--epochs", "epochs", 7), ("--train_batch", "--batch_size", "batch_size", 3),
+    ("--decay_at", "--lr_decay", "lr_decay", 0.25)])
+def test_the_old_spellings_are_the_same_flags(tmp_path, primary, alias, dest, value):
+    """train.py's spellings (``--epoch``, ``--train_batch``) and ``--decay_at``, a fraction of the epochs unlike
+    train.py's ``--lr_decay`` (an epoch); the old ``--epochs``, ``--batch_size`` and ``--lr_decay`` still parse."""
+    base = ["--random_init", "--train_csv", "a.csv", "--test_csv", "b.csv", "--out_dir", str(tmp_path)]
+    new, old = parse_args([*base, primary, str(value)]), parse_args([*base, alias, str(value)])
+    assert vars(new) == vars(old) and getattr(new, dest) == value != getattr(parse_args(base), dest)
 
 
 def error_of(args) -> str:

@@ -12,11 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
@@ -55,13 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img_dim", type=int, default=224,
                    help="clip height and width in pixels; where the backbone's last map is 1x1 a frame (r3d18 "
                         "below 33) the CAM is constant and the tool warns (default: 224)")
-    p.add_argument("--epochs", type=int, default=50, help="epochs of head training (default: 50)")
+    p.add_argument("--epoch", "--epochs", dest="epochs", type=int, metavar="N", default=50,
+                   help="epochs of head training (default: 50); --epochs is the same flag")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head, > 0 (default: 1e-3)")
     p.add_argument("--wd", type=float, default=1e-3, help="Adam weight decay of the head, >= 0 (default: 1e-3)")
-    p.add_argument("--lr_decay", type=float, default=0.6,
-                   help="fraction of the epochs after which the lr is multiplied by 0.1 (default: 0.6)")
-    p.add_argument("--batch_size", type=int, default=16,
-                   help="training clips per batch, each also seen reversed (default: 16)")
+    p.add_argument("--decay_at", "--lr_decay", dest="lr_decay", type=float, metavar="FRACTION", default=0.6,
+                   help="fraction of the epochs after which the lr is multiplied by 0.1 (default: 0.6); --lr_decay, "
+                        "kept for old command lines, is the same flag (a fraction here, unlike train.py's epoch)")
+    p.add_argument("--train_batch", "--batch_size", dest="batch_size", type=int, metavar="N", default=16,
+                   help="training clips per batch, each also seen reversed (default: 16); --batch_size is the same "
+                        "flag")
     p.add_argument("--num_videos", type=int, default=8,
                    help="test videos to draw, the first ones of --test_csv (default: 8)")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes (default: 4)")
@@ -75,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_videos < 0 or args.workers < 0:
         p.error("--num_videos and --workers must not be negative")
     if not 0.0 < args.lr_decay <= 1.0:
-        p.error(f"--lr_decay is a fraction of the epochs in (0, 1], got {args.lr_decay}")
+        p.error(f"--decay_at (--lr_decay) is a fraction of the epochs in (0, 1], got {args.lr_decay}")
     check_clip_and_optimiser(p, arch=args.arch, seq=args.seq, lr=args.lr, wd=args.wd)
     return args
 
