@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train.py": "train", "eval_linear.py": "eval_linear", "finetune.py": "finetune"}  # file -> module
 STOPPED = 128 + signal.SIGTERM  # the status of a run that stopped on the graceful stop and saved its step
 WARNING = signal.SIGUSR2  # submitit's signal: what SLURM sends before the time limit (sbatch --signal)
-EARLIEST = 45  # seconds into a start before which SIGUSR2 must not be asked for (see parse_args)
+EARLIEST = 40  # seconds into a start before which SIGUSR2 must not be asked for (see parse_args)
 ANNOUNCE = (f"{WARNING.name} received (the job's time limit is near, or it is preempted): stopping at the next "
             "step as on SIGTERM; the job requeues itself once last.pth is written\n")
 
@@ -110,7 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("stopping and requeueing")
     g.add_argument("--signal_delay", type=int, default=120, metavar="SECONDS",
                    help="seconds before the time limit at which SLURM sends SIGUSR2: time to finish a step and "
-                        "write last.pth (SLURM may send it up to 30 s earlier); at most 60 x --time - 45")
+                        "write last.pth (SLURM may send it up to 30 s earlier); at most 60 x --time - 40")
     g.add_argument("--max_timeouts", type=int, default=20, metavar="N",
                    help="how many times the job may requeue itself after reaching its time limit (preemptions "
                         "and scontrol requeue do not count)")
@@ -303,9 +303,12 @@ class Task(submitit.helpers.Checkpointable):
 def export_rendezvous() -> None:
     """Set torch.distributed's env:// variables from the job's (``submitit.helpers.TorchDistributedEnvironment``):
     RANK and WORLD_SIZE from SLURM_PROCID and SLURM_NTASKS, LOCAL_RANK from SLURM_LOCALID, MASTER_ADDR the first
-    node of SLURM_JOB_NODELIST, MASTER_PORT drawn from the job id (the same on every task and at every start), or
-    MASTER_PORT when it is set. CUDA_VISIBLE_DEVICES is left as SLURM set it: the process takes GPU LOCAL_RANK."""
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    node of SLURM_JOB_NODELIST (127.0.0.1 when the job has one node: no name to resolve), MASTER_PORT drawn from
+    the job id (the same on every task and at every start), or MASTER_PORT when it is set. CUDA_VISIBLE_DEVICES
+    is left as SLURM set it: the process takes GPU LOCAL_RANK."""
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    if env.local_world_size == env.world_size:
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
 
 
 class TimeLimitWarning:
@@ -321,11 +324,12 @@ class TimeLimitWarning:
     def __init__(self, announce: bool):
         self.announce = announce
         self.received = False
-        self._previous = self._term = None
+        self._previous = self._term = self._pid = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "TimeLimitWarning":
+        self._pid = os.getpid()
         self._previous = signal.signal(WARNING, self._handle)
         self._term = signal.getsignal(signal.SIGTERM)
         if self._term is signal.SIG_DFL:  # not started by submitit (which ignores it): the repeats must not kill
@@ -340,8 +344,8 @@ class TimeLimitWarning:
         signal.signal(signal.SIGTERM, self._term)
 
     def _handle(self, signum: int, frame) -> None:
-        if self.received:
-            return
+        if self.received or os.getpid() != self._pid:  # a forked DataLoader worker (SLURM signals every process
+            return  # of the job): its trainer stops it
         self.received = True
         if self.announce:
             os.write(2, ANNOUNCE.encode())  # not print(): the handler may interrupt a write to sys.stderr
@@ -360,6 +364,10 @@ class TimeLimitWarning:
         is not requeued: one line says so."""
         if not callable(self._previous):
             return
+        # the requeue ends this start of the job: SLURM sends SIGTERM to every process of the step, the scontrol
+        # that submitit runs included, which must not die before it returns (an ignored signal stays ignored in
+        # a child); this process is about to exit anyway
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             self._previous(WARNING, None)
         except submitit.core.utils.UncompletedJobError:  # submitit: "timed-out too many times"

@@ -60,7 +60,7 @@ def test_the_job_resumes_its_run_and_refuses_flags_that_a_requeue_would_repeat(c
     assert info.value.code == 2 and "--seq must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         submit.main(["--time", "2", "--signal_delay", "120", "--", "--csv_file", "k.csv"])
-    assert "--signal_delay 120 s leaves less than 45 s of --time 2 min: SLURM may send" in capsys.readouterr().err
+    assert "--signal_delay 120 s leaves less than 40 s of --time 2 min: SLURM may send" in capsys.readouterr().err
 
 
 def test_the_sbatch_script_passes_the_cluster_settings_through_and_job_json_holds_the_command(
@@ -129,11 +129,12 @@ def test_without_sbatch_one_line_says_how_to_run_with_torchrun(tmp_path, monkeyp
     assert not (tmp_path / "r").exists()
 
 
-def slurm_task(monkeypatch, job_id: str, procid: int, localid: int) -> dict[str, str]:
-    """The rendezvous variables a task of SLURM job ``job_id`` exports (16 tasks on gpu017 and gpu018)."""
-    for name, value in dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID=job_id, SLURM_NTASKS="16", SLURM_PROCID=str(procid),
-                            SLURM_LOCALID=str(localid), SLURM_NODEID=str(procid // 8), SLURM_JOB_NUM_NODES="2",
-                            SLURM_JOB_NODELIST="gpu[017-018]", CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7").items():
+def slurm_task(monkeypatch, job_id: str, procid: int, localid: int, nodes: int = 2) -> dict[str, str]:
+    """The rendezvous variables a task of SLURM job ``job_id`` exports (8 tasks a node on gpu017, gpu018...)."""
+    for name, value in dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID=job_id, SLURM_NTASKS=str(8 * nodes),
+                            SLURM_PROCID=str(procid), SLURM_LOCALID=str(localid), SLURM_NODEID=str(procid // 8),
+                            SLURM_JOB_NUM_NODES=str(nodes), SLURM_JOB_NODELIST=f"gpu[017-{16 + nodes:03d}]",
+                            CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7").items():
         monkeypatch.setenv(name, value)
     for name in submit.RENDEZVOUS:
         monkeypatch.setenv(name, "stale")  # recorded by monkeypatch, so that the test leaves os.environ as it was
@@ -151,15 +152,22 @@ def test_each_task_exports_the_env_rendezvous_from_the_slurm_variables(monkeypat
     assert task0["RANK"] == "0" and task0["MASTER_PORT"] == task9["MASTER_PORT"]  # every task meets at one port
     assert 20000 <= int(task9["MASTER_PORT"]) <= 60000
     assert slurm_task(monkeypatch, "4243", procid=0, localid=0)["MASTER_PORT"] != task9["MASTER_PORT"]
+    one_node = slurm_task(monkeypatch, "4242", procid=3, localid=3, nodes=1)
+    assert (one_node["MASTER_ADDR"], one_node["WORLD_SIZE"], one_node["RANK"]) == ("127.0.0.1", "8", "3")
 
 
 def test_sigusr2_asks_for_the_graceful_stop_and_leaves_the_requeue_to_after_the_save(capfd):
     """Inside the block SIGUSR2 does not run submitit's handler (which would requeue mid-step) but sends SIGTERM,
     the graceful stop's signal, and again each second; ``requeue`` runs submitit's handler afterwards."""
     calls, terms = [], []
-    saved = signal.getsignal(signal.SIGUSR2), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # stands in for submitit's handler
-    signal.signal(signal.SIGTERM, lambda signum, frame: terms.append(time.monotonic()))  # for the graceful stop
+
+    def submitit_handler(signum, frame):  # stands in for submitit's handler
+        calls.append(signum)
+
+    def graceful_stop(signum, frame):  # stands in for train.py's
+        terms.append(time.monotonic())
+
+    saved = signal.signal(signal.SIGUSR2, submitit_handler), signal.signal(signal.SIGTERM, graceful_stop)
     try:
         with submit.TimeLimitWarning(announce=True) as warning:
             os.kill(os.getpid(), signal.SIGUSR2)
@@ -170,7 +178,8 @@ def test_sigusr2_asks_for_the_graceful_stop_and_leaves_the_requeue_to_after_the_
             assert 0.9 < terms[1] - terms[0] < 3  # sent again a second later
             warning.requeue()
             assert calls == [signal.SIGUSR2]
-        assert signal.getsignal(signal.SIGTERM) is not saved[1]  # the stand-ins are back
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the requeue's scontrol must survive it
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler and signal.getsignal(signal.SIGTERM) is graceful_stop
         count = len(terms)
         time.sleep(1.2)
         assert len(terms) == count  # no SIGTERM after the block
@@ -178,6 +187,25 @@ def test_sigusr2_asks_for_the_graceful_stop_and_leaves_the_requeue_to_after_the_
         signal.signal(signal.SIGUSR2, saved[0])
         signal.signal(signal.SIGTERM, saved[1])
     assert capfd.readouterr().err == submit.ANNOUNCE
+
+
+def test_a_forked_loader_worker_leaves_sigusr2_to_its_trainer(capfd):
+    """SLURM signals every process of the job, DataLoader workers (forked, with the trainer's handlers) too."""
+    import multiprocessing
+
+    saved = signal.getsignal(signal.SIGUSR2), signal.getsignal(signal.SIGTERM)
+    try:
+        with submit.TimeLimitWarning(announce=True) as warning:
+            worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(1.5,))
+            worker.start()
+            time.sleep(0.3)
+            os.kill(worker.pid, signal.SIGUSR2)
+            worker.join(10)
+            assert worker.exitcode == 0 and not warning.received  # the worker went on; the trainer heard nothing
+    finally:
+        signal.signal(signal.SIGUSR2, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+    assert submit.ANNOUNCE not in capfd.readouterr().err
 
 
 def test_a_job_that_timed_out_too_often_is_not_requeued_and_says_so(capfd):
