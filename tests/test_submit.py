@@ -2,6 +2,7 @@
 stop-and-requeue path, run by submitit's local executor (no SLURM: scripts/slurm_check.sh runs a real one)."""
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -310,3 +311,33 @@ def test_a_job_that_fails_is_not_requeued_and_each_task_log_ends_with_its_error_
         err = job.task(task).paths.stderr.read_text().rstrip("\n").splitlines()
         assert err[-1] == f"error: --csv_file {missing}: no such file (make one with scripts/make_csv.py)"
 
+
+def commands(text: str) -> list[str]:
+    """The shell commands of ``text``'s code (indented lines, continuations joined), whitespace collapsed."""
+    joined = text.replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def test_the_docs_show_the_commands_that_the_slurm_check_runs():
+    docs = (submit.ROOT / "docs" / "clusters.md").read_text(encoding="utf-8")
+    check = " ".join((submit.ROOT / "scripts" / "slurm_check.sh").read_text(encoding="utf-8").replace("\\\n", " ")
+                     .split())
+    tested = docs[docs.index("### Tested on a real SLURM"):]
+    shown = [c for c in commands(tested) if c.startswith(("python scripts/submit.py", "scontrol "))]
+    assert len(shown) == 4 and all(command in check for command in shown), shown
+    for command in commands(docs):  # every submission the page shows parses
+        if command.startswith("python scripts/submit.py"):
+            ours, theirs = submit.split_argv(shlex.split(command)[2:])
+            assert submit.plan(submit.parse_args(ours), theirs).argv[-2:] == ("--resume", "auto")
+
+
+def test_the_docs_list_the_flags_a_resume_may_change():
+    import train
+    from evaluation import protocol
+
+    docs = (submit.ROOT / "docs" / "clusters.md").read_text(encoding="utf-8")
+    listed = docs[docs.index("<!-- resume-may-change -->"):docs.index("<!-- /resume-may-change -->")]
+    evaluation = docs[docs.index("For `eval_linear.py` and `finetune.py` they are"):]
+    evaluation = evaluation[:evaluation.index(".\n")]
+    for text, flags in ((listed, train.RESUME_MAY_CHANGE), (evaluation, protocol.RESUME_MAY_CHANGE)):
+        assert sorted(f.replace("-", "_") for f in set(re.findall(r"`--([\w-]+)`", text))) == sorted(flags)
