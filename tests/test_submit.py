@@ -265,7 +265,7 @@ def task_pids(root: int) -> list[int]:
 
 
 def test_a_local_job_stopped_by_sigusr2_saves_requeues_itself_and_ends_like_an_uninterrupted_one(csv_file, tmp_path):
-    flags = [*shlex.split(TINY), "--csv_file", csv_file, "--resume", "auto", "--out_dir"]
+    flags = [*shlex.split(TINY), "--csv_file", csv_file, "--keep_epochs", "0", "--resume", "auto", "--out_dir"]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     reference = local_job(tmp_path / "ref_jobs", [*flags, str(ref_dir)])
     wait(reference)
