@@ -382,7 +382,7 @@ def submit(args: argparse.Namespace, job: Plan, command: list[str]) -> str:
     while not top.parent.exists() and top.parent != top:
         top = top.parent
     before = set(job.job_dir.iterdir()) if job.job_dir.is_dir() else None
-    said = io.StringIO()  # what sbatch printed: the error below says it in one line
+    said = io.StringIO()  # submitit prints sbatch's error; the UserError below says it in one line instead
     try:
         executor = submitit.SlurmExecutor(folder=job.job_dir, max_num_timeout=args.max_timeouts)
         executor.update_parameters(**parameters(args, job))
@@ -393,7 +393,10 @@ def submit(args: argparse.Namespace, job: Plan, command: list[str]) -> str:
             shutil.rmtree(top, ignore_errors=True)
         else:
             for path in set(job.job_dir.iterdir()) - before:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         if isinstance(e, submitit.core.utils.FailedJobError):
             lines = [line.strip() for line in str(e).splitlines() if line.strip()] or ["(no message)"]
             raise UserError(f"sbatch refused the job: {lines[-1]}") from None
