@@ -77,26 +77,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_frame_folder(folder: Path, frames: int, quality: int, rng: np.random.Generator) -> VideoRecord:
+    """Write ``frames`` 320x240 JPEGs of four shapes moving over a smooth background, with noise, to ``folder``."""
+    yy, xx = np.mgrid[0:240, 0:320].astype(np.float32)
+    folder.mkdir(parents=True)
+    coarse = rng.uniform(40, 215, (6, 8, 3)).astype(np.uint8)
+    background = np.asarray(Image.fromarray(coarse).resize((320, 240), Image.BICUBIC), np.float32)
+    shapes = [(rng.uniform(0, 320), rng.uniform(0, 240), rng.uniform(-4, 4), rng.uniform(-3, 3),
+               rng.uniform(15, 50), rng.uniform(0, 255, 3)) for _ in range(4)]
+    for t in range(frames):
+        image = background.copy()
+        for x0, y0, vx, vy, radius, colour in shapes:
+            inside = (xx - x0 - vx * t) ** 2 + (yy - y0 - vy * t) ** 2 < radius ** 2
+            image[inside] = colour
+        image += rng.normal(0, 6, image.shape).astype(np.float32)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / frame_name(t), quality=quality)
+    return VideoRecord(folder, frames)
+
+
 def build_frames(root: Path, videos: int, frames: int, quality: int, seed: int) -> Path:
     """Write ``videos`` folders of ``frames`` 320x240 JPEGs under ``root``; return the CSV path."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:240, 0:320].astype(np.float32)
-    records = []
-    for v in range(videos):
-        folder = root / "frames" / f"video_{v:03d}"
-        folder.mkdir(parents=True)
-        coarse = rng.uniform(40, 215, (6, 8, 3)).astype(np.uint8)
-        background = np.asarray(Image.fromarray(coarse).resize((320, 240), Image.BICUBIC), np.float32)
-        shapes = [(rng.uniform(0, 320), rng.uniform(0, 240), rng.uniform(-4, 4), rng.uniform(-3, 3),
-                   rng.uniform(15, 50), rng.uniform(0, 255, 3)) for _ in range(4)]
-        for t in range(frames):
-            image = background.copy()
-            for x0, y0, vx, vy, radius, colour in shapes:
-                inside = (xx - x0 - vx * t) ** 2 + (yy - y0 - vy * t) ** 2 < radius ** 2
-                image[inside] = colour
-            image += rng.normal(0, 6, image.shape).astype(np.float32)
-            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / frame_name(t), quality=quality)
-        records.append(VideoRecord(folder, frames))
+    records = [write_frame_folder(root / "frames" / f"video_{v:03d}", frames, quality, rng) for v in range(videos)]
     csv_file = root / "bench.csv"
     write_csv(csv_file, records)
     return csv_file
@@ -160,11 +162,24 @@ def scene_frames(width: int, height: int, frames: int, rng: np.random.Generator)
         yield image.clip(0, 255).astype(np.uint8)
 
 
+def encode_video(path: Path, width: int, height: int, frames: int, keyint: int, rng: np.random.Generator) -> None:
+    """Write ``frames`` frames of :func:`scene_frames` to ``path`` as a 30 fps H.264 MP4 with a keyframe every
+    ``keyint`` frames (otherwise libx264's defaults: CRF 23, preset medium)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(keyint)}
+        for image in scene_frames(width, height, frames, rng):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
 def build_videos(root: Path, videos: int, frames: int, quality: int, seed: int) -> dict[str, dict]:
     """Per kind of VIDEO_KINDS: MP4s and their extracted frame folders under ``root``, CSVs of
     both and their bytes on disk."""
-    import av
-
     rng = np.random.default_rng(seed)
     kinds = {}
     for name, width, height, keyint in VIDEO_KINDS:
@@ -172,14 +187,7 @@ def build_videos(root: Path, videos: int, frames: int, quality: int, seed: int) 
         video_records, frame_records = [], []
         for v in range(videos):
             path = folder / "videos" / f"video_{v:03d}.mp4"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with av.open(str(path), "w") as container:
-                stream = container.add_stream("libx264", rate=30)
-                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                stream.options = {"g": str(keyint)}  # otherwise libx264's defaults (CRF 23, preset medium)
-                for image in scene_frames(width, height, frames, rng):
-                    container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-                container.mux(stream.encode())
+            encode_video(path, width, height, frames, keyint, rng)
             frame_folder = folder / "frames" / path.stem
             count = extract_video(path, frame_folder, quality=quality)
             video_records.append(VideoRecord(path, count))

@@ -9,18 +9,24 @@ Three measurements, each printed as a table:
   their ratio (target <= 1.15) and clips/s. A tiny CPU configuration always; with CUDA the paper's
   (batch 64, seq 16, 112 px) in float32 and in bfloat16 side by side (target: bf16 full step >= 1.5x
   float32), each with the backbone channels-last (what train.py uses on CUDA) and contiguous, and
-  with ``--compile`` also compiled.
+  with ``--compile`` also compiled (in the precisions of ``--compile_precisions``). Where a precision
+  or the compilation cannot run (bfloat16 on the CPU: train.py's ``--amp`` is CUDA only; torch.compile
+  without a C++ compiler or Triton) one line says so and the rest still runs.
+* ``--kernels N``: after the uncompiled timings, the bf16 full step (float32 on the CPU) profiled once
+  more: its N largest kernels by device time (on the CPU: operators by self CPU time) and their share.
 * ``--loop``: train.py's own epoch loop (``train.train_one_epoch``: batches from host memory through
   the device prefetcher, values read every ``--log_every`` steps, TensorBoard scalars, progress bar)
   on synthetic in-memory clips against the bare step repeated back to back; ratio = bare step time /
   loop step time (target on a GPU >= 0.9).
-* ``--profile``: torch.profiler's table of the operators of a full step (bfloat16 on CUDA), by device time.
+* ``--profile``: torch.profiler's table of the operators of a full step (bfloat16 on CUDA), by device time,
+  then its five largest kernels with their share.
 * ``--launch``: ``train.py --demo`` with 2 loader workers in one process, under
   ``--multiprocessing-distributed`` and under ``torchrun``: the training loop's seconds per step
   (the second epoch, once the workers run) and the kNN monitor's seconds, and their ratios to the
   single process (target: within 10 %).
 
     python scripts/bench_train.py [--repeats 5] [--arch r3d18] [--compile] [--loop] [--profile] [--launch]
+    python scripts/bench_train.py --layout channels_last --compile --compile_precisions bf16 --kernels 5
 """
 from __future__ import annotations
 
@@ -100,8 +106,12 @@ def bench_step(arch: str, batch: int, seq: int, img: int, amp: bool, repeats: in
             "clips_per_s": 3 * batch / t["full"]}
 
 
-def profile_step(arch: str, batch: int, seq: int, img: int, amp: bool, device: torch.device, rows: int = 30) -> str:
-    """torch.profiler's table of the operators of 3 full steps (after 3 warm-up steps), by device time."""
+PROFILED_STEPS = 3
+
+
+def profile_step(arch: str, batch: int, seq: int, img: int, amp: bool, device: torch.device, rows: int = 30):
+    """torch.profiler's averages over ``PROFILED_STEPS`` full steps (after 3 warm-up steps) and their table of
+    operators by device time (``rows`` rows)."""
     from torch.profiler import ProfilerActivity, profile
 
     model, optimizer, bank, clips = setup(arch, batch, seq, img, device, channels_last=device.type == "cuda")
@@ -111,11 +121,51 @@ def profile_step(arch: str, batch: int, seq: int, img: int, amp: bool, device: t
     synchronize(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        for _ in range(3):
+        for _ in range(PROFILED_STEPS):
             step()
         synchronize(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return events, events.table(sort_by=key, row_limit=rows)
+
+
+def largest_kernels(events, device_type: str, n: int = 5) -> tuple[str, list[tuple[str, float, float]]]:
+    """The ``n`` largest entries of profiler averages ``events`` as ``(what, [(name, share, ms per step)])``.
+
+    On CUDA: the kernels (events that ran on the device, memory copies included), by device time, the share
+    of all kernels' time; on the CPU (no kernels): the operators by self CPU time, the share of all of it.
+    """
+    from torch.autograd import DeviceType
+
+    if device_type == "cuda":
+        rows = [(e.key, e.self_device_time_total) for e in events if e.device_type == DeviceType.CUDA]
+        what = "kernels by device time"
+    else:
+        rows = [(e.key, e.self_cpu_time_total) for e in events if e.device_type == DeviceType.CPU]
+        what = "operators by self CPU time (no kernels on the CPU)"
+    total = sum(t for _, t in rows) or 1.0
+    rows.sort(key=lambda row: -row[1])
+    return what, [(name, t / total, t / 1e3 / PROFILED_STEPS) for name, t in rows[:n]]
+
+
+def print_largest(events, device_type: str, n: int, label: str) -> None:
+    what, rows = largest_kernels(events, device_type, n)
+    print(f"{label}: the {len(rows)} largest {what}, share of the total and ms per step "
+          f"(mean of {PROFILED_STEPS} steps)")
+    for name, share, ms in rows:
+        print(f"  {100 * share:5.1f} %  {ms:8.2f} ms  {name[:150]}")
+
+
+def bare_step_seconds(step, steps: int, device: torch.device, warmup: int = 3) -> float:
+    """Seconds per step of ``steps`` calls of ``step`` back to back, after ``warmup`` calls, finished work."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - tic) / steps
 
 
 def bench_loop(arch: str, batch: int, seq: int, img: int, amp: bool, steps: int, device: torch.device) -> dict:
@@ -123,15 +173,7 @@ def bench_loop(arch: str, batch: int, seq: int, img: int, amp: bool, steps: int,
     model, optimizer, bank, clips = setup(arch, batch, seq, img, device, channels_last=device.type == "cuda")
     host = clips.cpu().pin_memory() if device.type == "cuda" else clips.cpu()  # what a loader hands over
     replaced = torch.zeros(batch, dtype=torch.long)
-    step = step_fn(model, optimizer, bank, clips, amp)
-    for _ in range(3):  # warm-up
-        step()
-    synchronize(device)
-    tic = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    bare = (time.perf_counter() - tic) / steps
+    bare = bare_step_seconds(step_fn(model, optimizer, bank, clips, amp), steps, device)
 
     args = train.parse_args(["--csv_file", "synthetic.csv", "--train_batch", str(batch), "--seq", str(seq),
                              "--img_dim", str(img), "--split", "0", "--queue_start", "0", "--save_every", "0"])
@@ -182,11 +224,23 @@ def bench_launch(repeats: int, workers: int) -> dict:
                   "monitor_s": statistics.median(s for x in got for s in x["monitor_s"])} for how, got in runs.items()}
 
 
+def step_line(cfg: dict, layout: str, r: dict) -> str:
+    return (f"batch {cfg['batch']:3d} seq {cfg['seq']:2d} img {cfg['img']:3d} {'bf16' if cfg['amp'] else 'fp32'} "
+            f"{layout:>21s} | backbone fwd+bwd {r['backbone_s'] * 1e3:8.1f} ms | full step {r['full_s'] * 1e3:8.1f} "
+            f"ms | full/backbone {r['ratio']:.3f} | {r['clips_per_s']:.1f} clips/s")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="r3d18", choices=sorted(BACKBONES), help="backbone (default: r3d18)")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default: 5)")
-    p.add_argument("--compile", action="store_true", help="also time the backbone compiled with torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the backbone compiled with torch.compile, in each of --compile_precisions")
+    p.add_argument("--compile_precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                   help="precisions of the --compile measurements; bf16 only on CUDA (default: fp32 bf16)")
+    p.add_argument("--kernels", type=int, default=0, metavar="N",
+                   help="after the uncompiled timings, profile the bf16 full step once more (fp32 on the CPU) and "
+                        "list its N largest kernels with their share (default: 0, none)")
     p.add_argument("--loop", action="store_true", help="train.py's loop against the bare step, instead of the step")
     p.add_argument("--steps", type=int, default=30, help="steps of each --loop measurement (default: 30)")
     p.add_argument("--launch", action="store_true",
@@ -195,7 +249,8 @@ def main(argv=None) -> None:
     p.add_argument("--layout", choices=["both", "channels_last", "contiguous"], default="both",
                    help="CUDA memory layouts of the step measurement (default: both)")
     p.add_argument("--profile", action="store_true",
-                   help="print torch.profiler's operator table of a full step (bf16 on CUDA), instead of the step")
+                   help="print torch.profiler's operator table of a full step (bf16 on CUDA) and its five largest "
+                        "kernels, instead of the step")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -213,8 +268,12 @@ def main(argv=None) -> None:
         return
 
     configs = [dict(TINY, amp=False)] if device.type == "cpu" else [dict(PAPER, amp=False), dict(PAPER, amp=True)]
+    if device.type == "cpu":
+        print("bf16: not measured on the CPU (train.py's --amp is CUDA only: it trains in float32 there)")
     if args.profile:
-        print(profile_step(args.arch, device=device, **configs[-1]))
+        events, text = profile_step(args.arch, device=device, **configs[-1])
+        print(text)
+        print_largest(events, device.type, 5, f"{'bf16' if configs[-1]['amp'] else 'fp32'} full step")
         return
     if args.loop:
         print(f"train.py's loop vs the bare step, {args.steps} steps each (K=1000, C=128, bank 1024, graph on)")
@@ -227,24 +286,48 @@ def main(argv=None) -> None:
 
     layouts = [("contiguous", False)] if device.type == "cpu" else [
         (layout, layout == "channels_last") for layout in ("channels_last", "contiguous") if args.layout in ("both", layout)]
-    variants = [(layout, cl, False) for layout, cl in layouts]
-    if args.compile:
-        variants.append(("channels_last+compile" if device.type == "cuda" else "compile", device.type == "cuda",
-                         True))
     print(f"K=1000, C=128, bank 1024, graph on; median of {args.repeats}")
-    full = {}
-    for layout, channels_last, compile in variants:
+    full, backbone = {}, {}
+    for layout, channels_last in layouts:
         for cfg in configs:
-            r = bench_step(args.arch, repeats=args.repeats, device=device, channels_last=channels_last,
-                           compile=compile, **cfg)
-            full[(layout, cfg["amp"])] = r["full_s"]
-            print(f"batch {cfg['batch']:3d} seq {cfg['seq']:2d} img {cfg['img']:3d} "
-                  f"{'bf16' if cfg['amp'] else 'fp32'} {layout:>21s} | backbone fwd+bwd {r['backbone_s'] * 1e3:8.1f} "
-                  f"ms | full step {r['full_s'] * 1e3:8.1f} ms | full/backbone {r['ratio']:.3f} | "
-                  f"{r['clips_per_s']:.1f} clips/s")
-    for layout, _, _ in variants:
+            r = bench_step(args.arch, repeats=args.repeats, device=device, channels_last=channels_last, **cfg)
+            full[(layout, cfg["amp"])], backbone[(layout, cfg["amp"])] = r["full_s"], r["backbone_s"]
+            print(step_line(cfg, layout, r), flush=True)
+    if args.kernels:  # before the compiled timings: a compilation that runs out of time leaves the profile printed
+        events, _ = profile_step(args.arch, device=device, **configs[-1])
+        print_largest(events, device.type, args.kernels, f"{'bf16' if configs[-1]['amp'] else 'fp32'} full step "
+                      f"({'channels_last' if device.type == 'cuda' else 'contiguous'})")
+    compiled = []
+    if args.compile:
+        layout = "channels_last+compile" if device.type == "cuda" else "compile"
+        wanted = [cfg for cfg in configs if ("bf16" if cfg["amp"] else "fp32") in args.compile_precisions]
+        if not wanted:
+            print(f"compile: no measurement: --compile_precisions {' '.join(args.compile_precisions)} "
+                  f"not measured on {device.type}")
+        for cfg in wanted:
+            try:
+                r = bench_step(args.arch, repeats=args.repeats, device=device, channels_last=device.type == "cuda",
+                               compile=True, **cfg)
+            except Exception as error:  # noqa: BLE001 - only torch.compile's own failures are caught below
+                if not train.compile_failure(error):
+                    raise
+                cause = getattr(error, "inner_exception", None) or error
+                print(f"compile: not measured: torch.compile could not build the backbone here "
+                      f"({type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]})")
+                break
+            full[(layout, cfg["amp"])], backbone[(layout, cfg["amp"])] = r["full_s"], r["backbone_s"]
+            compiled.append(layout)
+            print(step_line(cfg, layout, r), flush=True)
+    for layout in [layout for layout, _ in layouts] + compiled[:1]:
         if (layout, True) in full and (layout, False) in full:
-            print(f"{layout}: bf16 full step is {full[(layout, False)] / full[(layout, True)]:.2f}x float32's")
+            print(f"{layout}: bf16 full step is {full[(layout, False)] / full[(layout, True)]:.2f}x float32's, "
+                  f"backbone {backbone[(layout, False)] / backbone[(layout, True)]:.2f}x")
+    for amp in (False, True):
+        eager = ("channels_last" if device.type == "cuda" else "contiguous", amp)
+        if compiled and (compiled[0], amp) in full and eager in full:
+            print(f"{'bf16' if amp else 'fp32'} {compiled[0]} against {eager[0]}: full step "
+                  f"{full[eager] / full[(compiled[0], amp)]:.2f}x, backbone "
+                  f"{backbone[eager] / backbone[(compiled[0], amp)]:.2f}x faster")
 
 
 if __name__ == "__main__":
