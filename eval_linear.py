@@ -3,7 +3,7 @@
     python eval_linear.py --pretrained runs/mfo/last.pth --train_csv ucf_train.csv --test_csv ucf_test.csv
     python eval_linear.py ... --features     # train the linear layer on cached pooled features
     python eval_linear.py ... --retrieval    # recall@1/5/10/20/50, test videos querying train videos
-    python eval_linear.py --demo [--retrieval]   # the pretraining demo's run (python train.py --demo), in seconds
+    python eval_linear.py --demo [--retrieval]   # the run of python train.py --demo, on its labelled videos
 
 The backbone is frozen (``eval()`` mode, no gradient); the head is L2-normalise -> BatchNorm1d ->
 Linear, trained with SGD (CoCLR's recipe). Accuracy is video-level; see ``evaluation/protocol.py``,

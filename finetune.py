@@ -1,7 +1,7 @@
 """Fine-tune a pretrained backbone end to end on UCF-101 / HMDB-51 (CoCLR's protocol).
 
     python finetune.py --pretrained runs/mfo/last.pth --train_csv ucf_train.csv --test_csv ucf_test.csv
-    python finetune.py --demo    # the pretraining demo's run (python train.py --demo), in a minute or two
+    python finetune.py --demo    # the run of python train.py --demo, on its labelled videos
 
 The whole network is trained with Adam; the head is Dropout(0.9) -> Linear and the backbone's
 learning rate is a tenth of the head's. Accuracy is video-level; see ``evaluation/protocol.py``,

@@ -18,12 +18,13 @@ from engine.checkpoint import CheckpointError
 
 DEMO_DATA = Path("data/demo")  # where train.py's demo builds the data (train.DEMO_DATA)
 DEMO_RUN = Path("runs/demo")  # train.py's demo --out_dir
-DEMO_CHECKPOINT = DEMO_RUN / "last.pth"  # a finished (or stopped) pretraining demo always has it
+DEMO_CHECKPOINT = DEMO_RUN / "last.pth"  # a finished or interrupted pretraining demo has it
 
 _INPUTS = dict(pretrained=str(DEMO_CHECKPOINT), train_csv=str(DEMO_DATA / "train.csv"),
                test_csv=str(DEMO_DATA / "test.csv"), workers=0, batch_size=8, seq=8)  # train.py's demo clips
 _LABELS = dict(_INPUTS, class_names=str(DEMO_DATA / "classes.txt"), img_dim=32)
-# each demo's defaults; cam: 48 pixels give r3d18 a 2x2 last map, so the CAM varies over the frame
+# each demo's defaults. linear: the protocol's lr 0.1 scaled to the batch (64 -> 8); cam: 48 pixels give r3d18 a
+# 2x2 last map, so the CAM varies over the frame (32 would give one position: a flat colour)
 DEMOS = {
     "linear": dict(_LABELS, epochs=30, schedule=[20], lr=0.01, out_dir="runs/demo_linear"),
     "retrieval": dict(_LABELS, out_dir="runs/demo_retrieval"),

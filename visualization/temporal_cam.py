@@ -8,7 +8,7 @@
 
     python visualization/temporal_cam.py --pretrained runs/mfo/last.pth \\
         --train_csv data/ucf101/train_split1.csv --test_csv data/ucf101/test_split1.csv --out_dir runs/cam
-    python visualization/temporal_cam.py --demo    # the pretraining demo's run (python train.py --demo)
+    python visualization/temporal_cam.py --demo    # the run of python train.py --demo, on its videos
 """
 from __future__ import annotations
 
