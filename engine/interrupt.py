@@ -126,7 +126,7 @@ class GracefulStop:
 
     def _watch(self, reader: socket.socket) -> None:
         """The watcher thread (see the module docstring): the signals' numbers arrive on ``reader``."""
-        first, interrupts = None, 0
+        first, first_signum, interrupts = None, signal.SIGTERM, 0
         while True:
             timeout = None if first is None else max(0.0, first + self.grace - time.monotonic())
             reader.settimeout(timeout)

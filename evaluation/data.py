@@ -26,14 +26,14 @@ from evaluation.protocol import NUM_CLASSES, Protocol
 from evaluation.report import read_class_names
 
 
-def read_inputs(cfg: Protocol) -> tuple[Protocol, list[int], list[int]]:
+def read_inputs(cfg: Protocol) -> tuple[Protocol, list[int], list[int], int]:
     """Read and check every input named by ``cfg`` before anything is written; raise ``DataError``.
 
     Both CSVs (3 columns, at least one row, frame folders present), the number of classes and
     ``class_names``. The classes are the labels' max + 1 over both CSVs; an explicit ``num_classes``
     or ``dataset`` must equal it (a label beyond it is an error naming its file and line).
-    Returns ``cfg`` with ``num_classes`` set, and the (train, validation) indices of the train videos
-    (see :func:`split_train_val`).
+    Returns ``cfg`` with ``num_classes`` set, the (train, validation) indices of the train videos
+    (see :func:`split_train_val`) and the number of test videos.
     """
     explicit = [(f"--num_classes {cfg.num_classes}", cfg.num_classes)] if cfg.num_classes else []
     explicit += [(f"--dataset {cfg.dataset}", NUM_CLASSES[cfg.dataset])] if cfg.dataset else []
@@ -50,7 +50,7 @@ def read_inputs(cfg: Protocol) -> tuple[Protocol, list[int], list[int]]:
         read_class_names(cfg.class_names, found)
     names = [record.path.name for record in rows[cfg.train_csv]]
     train_idx, val_idx = split_train_val(names, cfg.val_fraction, cfg.seed)
-    return cfg, train_idx, val_idx
+    return cfg, train_idx, val_idx, len(rows[cfg.test_csv])
 
 
 def class_names(cfg: Protocol) -> list[str]:

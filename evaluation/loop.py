@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +30,18 @@ from engine.checkpoint import (CheckpointError, check_resume_flags, git_commit, 
 from engine.interrupt import GracefulStop
 from engine.run import Checkpointer, Finished, RunState, check_epochs
 from engine.rundir import RunFiles, claim_out_dir, remove_run_outputs
-from engine.tracking import Tracker, check_finite, format_args
+from engine.tracking import Tracker, check_finite
 from evaluation.data import class_names, train_loader, video_loader
 from evaluation.metrics import accuracy_report
 from evaluation.protocol import RESUME_MAY_CHANGE, Protocol
-from evaluation.report import save_confusion_png, write_json
+from evaluation.report import epoch_line, save_confusion_png, write_json
 from models import VideoClassifier
 
 # what a downstream run writes in --out_dir; feature caches (evaluation.features) are meant for the next runs
-EVAL_FILES = RunFiles(names=("last.pth", "best.pth", "results.json", "confusion.png", "log.jsonl", "tensorboard"),
-                      pattern=None, early=("best.pth", "log.jsonl", "tensorboard"), shared=r"features_[0-9a-f]+\.pt")
+EVAL_FILES = RunFiles(names=("last.pth", "best.pth", "results.json", "confusion.png", "log.jsonl", "tensorboard",
+                             "args.json"),
+                      pattern=None, early=("best.pth", "log.jsonl", "tensorboard", "args.json"),
+                      shared=r"features_[0-9a-f]+\.pt")
 
 
 def device() -> torch.device:
@@ -109,15 +112,16 @@ def resume_state(cfg: Protocol) -> tuple[dict | None, list[str]]:
 
 
 @contextmanager
-def downstream_run(cfg: Protocol, notes: tuple[str, ...] = ()) -> Iterator[Run]:
+def downstream_run(cfg: Protocol, notes: tuple[str, ...] = (), headline: str = "") -> Iterator[Run]:
     """Open the run of ``cfg``: call it once every input is checked (``read_inputs``, ``build_classifier``).
 
     Before anything is written: the resume checkpoint is read and checked (:func:`resume_state`), and
     ``--out_dir`` checked (``engine.rundir``). A run that ``--resume auto`` finds finished (all its
     epochs trained and tested) yields ``Run(done=results)`` and writes nothing. Otherwise the folder is
     claimed (locked; leftovers of a run that saved nothing removed with ``--resume``; the outputs of
-    ``EVAL_FILES`` deleted with ``--overwrite``), the tracker opened, the arguments and ``notes`` printed,
-    and SIGINT / SIGTERM caught until the block ends (see :func:`fit`)."""
+    ``EVAL_FILES`` deleted with ``--overwrite``), the tracker opened, every flag written to
+    ``args.json``, ``headline`` (one line: what the run does, see ``evaluation.report.run_line``) and
+    ``notes`` printed, and SIGINT / SIGTERM caught until the block ends (see :func:`fit`)."""
     try:
         state, resume_notes = resume_state(cfg)
     except Finished as line:
@@ -130,7 +134,8 @@ def downstream_run(cfg: Protocol, notes: tuple[str, ...] = ()) -> Iterator[Run]:
         removed = remove_run_outputs(cfg.out_dir, EVAL_FILES) if cfg.overwrite else []
         with GracefulStop() as stop:
             tracker = Tracker(cfg.out_dir, purge_step=state["step"] if state else None)
-            tracker.print(format_args(cfg.flags, git_commit()))
+            arguments = write_json(dict(cfg.flags), Path(cfg.out_dir) / "args.json")
+            tracker.print(f"{headline or cfg.checkpoint_name} -> {cfg.out_dir} (all arguments in {arguments.name})")
             if removed:
                 tracker.print(f"--overwrite: removed {', '.join(removed)} from {cfg.out_dir}")
             for note in (*claim_notes, *notes, *resume_notes):
@@ -241,7 +246,7 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
     checkpoints (``last.pth``, ``best.pth``), which hold only what training changes. After a resume,
     TensorBoard scalars and ``log.jsonl`` equal an uninterrupted run's. With a validation
     set, each epoch is scored on it, ``best.pth`` keeps the best one and its weights are the ones
-    tested. Returns ``{'epoch': tested epoch (1-based), 'selected_by': 'last epoch'|'validation top1', 'val_top1'}``.
+    tested. Each epoch appends its record to ``log.jsonl`` and prints one line (``evaluation.report.epoch_line``). Returns ``{'epoch': tested epoch (1-based), 'selected_by': 'last epoch'|'validation top1', 'val_top1'}``.
 
     ``stop`` (see ``engine.interrupt``) is asked after every training step: on a stop, ``last.pth`` is
     written at that step (with the epoch's progress, running sums and random state, so that the resumed
@@ -273,6 +278,7 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
             "epoch_sums": saved_sums(sums), "best": best, "rng": rngs[0], "args": dict(cfg.flags)}})
 
     for epoch in range(start, cfg.epochs):
+        began = time.perf_counter()
         loader.sampler.set_epoch(epoch, skip=sums.step_in_epoch * cfg.batch_size)
         total = sums.step_in_epoch + len(loader)
         stats, step = train_epoch(model, loader, optimizer, dev, tracker, epoch, step, frozen, sums=sums, stop=stop)
@@ -300,7 +306,8 @@ def fit(cfg: Protocol, model: nn.Module, train_set: Dataset, val_set: Dataset | 
         tracker.epoch(record)
         sums = RunState()
         save(epoch + 1)
-        tracker.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        tracker.print(epoch_line(epoch + 1, cfg.epochs, stats["loss"], stats["acc"], time.perf_counter() - began,
+                                 val_top1=record.get("val_top1")))
         if stop is not None and epoch + 1 < cfg.epochs and stop.should_stop():
             checkpoints.close()
             raise stop.interrupted(f"interrupted after epoch {epoch + 1} (saved in {out_dir / 'last.pth'}); "

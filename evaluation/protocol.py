@@ -26,9 +26,12 @@ RESUME_MAY_CHANGE = ("class_names", "epochs", "out_dir", "overwrite", "resume", 
 
 
 def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: float, wd: float, epochs: int,
-                        schedule: list[int], batch_size: int) -> None:
-    """Flags common to the linear probe and fine-tuning; optimisation defaults are the caller's."""
-    init = parser.add_argument_group("initialisation (one of)").add_mutually_exclusive_group(required=True)
+                        schedule: list[int], batch_size: int, demo_out_dir: str = "runs/demo_<tool>") -> None:
+    """Flags common to the linear probe and fine-tuning; optimisation defaults are the caller's.
+
+    The initialisation and both CSVs are required unless ``--demo`` gives them: :func:`check_downstream_args`
+    says so; ``demo_out_dir`` is named in ``--demo``'s help."""
+    init = parser.add_argument_group("initialisation (one of)").add_mutually_exclusive_group()
     init.add_argument("--pretrained", default="", metavar="CKPT",
                       help="train.py checkpoint whose backbone is evaluated (must load fully)")
     init.add_argument("--random_init", action="store_true",
@@ -41,8 +44,8 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
     data.add_argument("--num_classes", type=int, default=0,
                       help="number of classes, must match the CSV labels (default: 0 = the labels' max + 1 over "
                            "both CSVs)")
-    data.add_argument("--train_csv", required=True, help="CSV of training videos: path,frames,label (no header)")
-    data.add_argument("--test_csv", required=True, help="CSV of test videos: path,frames,label (no header)")
+    data.add_argument("--train_csv", help="CSV of training videos: path,frames,label (no header); required")
+    data.add_argument("--test_csv", help="CSV of test videos: path,frames,label (no header); required")
     data.add_argument("--class_names", default="",
                       help="text file of class names in label order, e.g. classInd.txt (default: class indices)")
     data.add_argument("--seq", type=int, default=16,
@@ -82,6 +85,11 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
                      help="start again in an --out_dir that holds a run: deletes its last.pth, best.pth, results.json, "
                           "confusion.png, log.jsonl and tensorboard/ first (cached features and other files are kept)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    run.add_argument("--demo", action="store_true",
+                     help="evaluate the pretraining demo's run (runs/demo/last.pth, from python train.py --demo) on "
+                          f"the demo's labelled videos (data/demo) in a minute or two, writing in {demo_out_dir} "
+                          "and starting again there on every run (unless --resume); explicit flags still win; "
+                          "see docs/evaluation.md (default: off)")
 
 
 def check_clip_and_optimiser(parser: argparse.ArgumentParser, *, arch: str, seq: int, lr: float, wd: float) -> None:
@@ -96,7 +104,13 @@ def check_clip_and_optimiser(parser: argparse.ArgumentParser, *, arch: str, seq:
 
 
 def check_downstream_args(parser: argparse.ArgumentParser, cfg: "Protocol") -> None:
-    """Stop with a parser error on values that cannot work."""
+    """Stop with a parser error on values that cannot work, and on missing inputs (those argparse would
+    name if ``--demo`` could not give them)."""
+    missing = [flag for flag, value in (("--train_csv", cfg.train_csv), ("--test_csv", cfg.test_csv)) if not value]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --demo)")
+    if not (cfg.pretrained or cfg.random_init):
+        parser.error("one of the arguments --pretrained --random_init is required (or --demo)")
     for name in ("epochs", "batch_size", "seq", "img_dim"):
         if getattr(cfg, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")

@@ -1,4 +1,6 @@
-"""What an evaluation writes: results as JSON and the confusion matrix as a PNG, each atomically."""
+"""What an evaluation writes and prints: results as JSON and the confusion matrix as a PNG, each atomically;
+the one line a run starts with and the one line of each epoch (everything else goes to ``log.jsonl``,
+TensorBoard and ``args.json``)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,7 @@ import torch
 
 from datasets.index import DataError
 from engine.files import atomic_write
+from evaluation.protocol import Protocol
 
 
 def read_class_names(path: str | os.PathLike, num_classes: int) -> list[str]:
@@ -63,3 +66,24 @@ def save_confusion_png(confusion: list[list[int]], class_names: list[str], path:
         fig.savefig(f, format="png", dpi=150)
     plt.close(fig)
     return path
+
+
+def run_line(protocol: str, cfg: Protocol, *, train: int, test: int, held_out: int = 0, trains: bool = True) -> str:
+    """What a downstream run does, in a few words: ``protocol`` of the checkpoint on how many videos (``train``,
+    ``held_out`` train videos kept aside to choose an epoch, ``test``) and, when it ``trains``, its epochs, batch
+    and lr."""
+    videos = f"{train} train" + (f" + {held_out} held-out" if held_out else "") + f" / {test} test videos"
+    schedule = f": {epoch_count(cfg.epochs)}, batch {cfg.batch_size}, lr {cfg.lr:g}" if trains else ""
+    return f"{protocol} of {cfg.checkpoint_name} on {videos} ({cfg.classes} classes){schedule}"
+
+
+def epoch_count(n: int) -> str:
+    """``n`` epoch(s), in words."""
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def epoch_line(epoch: int, epochs: int, loss: float, acc: float, seconds: float, val_top1: float | None = None) -> str:
+    """An epoch's line on the terminal: ``epoch`` of ``epochs`` (1-based), the mean loss, the training
+    accuracy, the validation top-1 when there is one, and the epoch's wall time."""
+    val = "" if val_top1 is None else f", val top-1 {val_top1:.3f}"
+    return f"epoch {epoch}/{epochs}: loss {loss:.4f}, acc {acc:.3f}{val} ({seconds:.1f} s)"

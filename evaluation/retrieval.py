@@ -85,9 +85,9 @@ def retrieval_report(cfg: Protocol, features: dict[str, dict[str, Tensor]], trac
     else:
         keys = one_clip_per_video(train["feats"], train["counts"], torch.Generator().manual_seed(cfg.seed))
     recalls = recall_at_k(video_means(test["feats"], test["counts"]), test["labels"], keys, train["labels"])
+    path = write_json({**recalls, "gallery": gallery, "test_videos": len(test["labels"]),
+                       "train_videos": len(train["labels"]), "checkpoint": cfg.checkpoint_name,
+                       "args": dict(cfg.flags)}, Path(cfg.out_dir) / "results.json")
     tracker.print(f"retrieval of {len(test['labels'])} test videos among {len(train['labels'])} train videos "
-                  f"(recall, %):\n{format_recall_table(recalls)}")
-    write_json({**recalls, "gallery": gallery, "test_videos": len(test["labels"]),
-                "train_videos": len(train["labels"]), "checkpoint": cfg.checkpoint_name, "args": dict(cfg.flags)},
-               Path(cfg.out_dir) / "results.json")
+                  f"(recall, %) -> {path}:\n{format_recall_table(recalls)}")
     return recalls

@@ -73,8 +73,8 @@ def labelled_csvs(tmp_path, train_labels, test_labels):
 def test_read_inputs_takes_the_classes_from_the_labels(tmp_path):
     train_csv, test_csv = labelled_csvs(tmp_path, [0, 3, 1, 2, 4], [50, 2])  # HMDB-51-like: max label 50
     cfg = Protocol(train_csv=train_csv, test_csv=test_csv, out_dir=str(tmp_path / "out"))
-    resolved, train, val = read_inputs(cfg)
-    assert resolved.classes == 51 and (train, val) == ([0, 1, 2, 3, 4], [])
+    resolved, train, val, test = read_inputs(cfg)
+    assert resolved.classes == 51 and (train, val, test) == ([0, 1, 2, 3, 4], [], 2)
     assert read_inputs(replace(cfg, dataset="hmdb51"))[0].classes == 51
     assert read_inputs(replace(cfg, num_classes=51, dataset="hmdb51"))[0].classes == 51
     with pytest.raises(DataError, match=r"--dataset ucf101 means 101 classes, .* give 51 \(max label 50\); drop "
@@ -101,7 +101,7 @@ def test_read_inputs_checks_both_csvs_and_the_split(tmp_path):
         read_inputs(replace(cfg, train_csv=str(tmp_path / "two.csv")))
     with pytest.raises(DataError, match="empty split"):
         read_inputs(replace(cfg, val_fraction=0.1))
-    assert read_inputs(replace(cfg, val_fraction=0.4))[1:] in [([0, 1], [2]), ([0, 2], [1]), ([1, 2], [0])]
+    assert read_inputs(replace(cfg, val_fraction=0.4))[1:] in [([0, 1], [2], 1), ([0, 2], [1], 1), ([1, 2], [0], 1)]
 
 
 def test_class_names_from_a_file_or_the_indices(tmp_path):

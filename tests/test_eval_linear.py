@@ -113,7 +113,8 @@ def test_retrieval_end_to_end(demo, features_run, tmp_path):
     assert saved["recall@50"] == 1.0  # the whole gallery holds every test class
     assert saved["gallery"] == "video" and saved["checkpoint"] == str(demo["ckpt"])
 
-    with pytest.raises(SystemExit, match=r"^error: --out_dir \S+ already holds a run \(results.json, tensorboard\)"):
+    with pytest.raises(SystemExit,
+                       match=r"^error: --out_dir \S+ already holds a run \(args.json, results.json, tensorboard\)"):
         eval_linear.main(cli(demo, tmp_path, "--retrieval", "--gallery", "one_clip"))  # one run per folder
     one_clip = eval_linear.main(cli(demo, tmp_path, "--retrieval", "--gallery", "one_clip", "--overwrite"))
     assert json.loads((tmp_path / "results.json").read_text())["gallery"] == "one_clip"

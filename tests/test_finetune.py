@@ -93,7 +93,7 @@ def test_sigterm_stops_at_a_step_and_the_resume_ends_as_an_uninterrupted_run(dem
     proc = subprocess.Popen([sys.executable, "finetune.py", *cli(demo, out, "--epochs", "2")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout.readline().startswith("git commit: ")  # the run has started: its handlers are in place
+    assert proc.stdout.readline().startswith("fine-tuning of random_init")  # started: its handlers are in place
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
@@ -101,7 +101,7 @@ def test_sigterm_stops_at_a_step_and_the_resume_ends_as_an_uninterrupted_run(dem
     assert len(lines) == 2 and lines[0].startswith("SIGTERM received: stopping after the current step"), err
     assert re.fullmatch(rf"interrupted at epoch 1, step 1 of the epoch \(saved in {re.escape(str(out))}/last.pth\); "
                         r"continue with --resume auto", lines[1]), lines[1]
-    assert sorted(p.name for p in out.iterdir()) == ["last.pth", "tensorboard"]  # no lock, no half-written file
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "last.pth", "tensorboard"]  # no lock, no temporary
 
     resumed = finetune.main(cli(demo, out, "--epochs", "2", "--resume", "auto"))
     assert resumed["top1"] == full["top1"] and resumed["per_class_accuracy"] == full["per_class_accuracy"]

@@ -1,11 +1,12 @@
-"""Downstream reports: top-k, per-class accuracy, confusion matrix, atomic JSON and PNG."""
+"""Downstream reports: top-k, per-class accuracy, confusion matrix, atomic JSON and PNG, the terminal's lines."""
 import json
 
 import pytest
 import torch
 
 from evaluation.metrics import accuracy_report, confusion_matrix, topk_correct
-from evaluation.report import read_class_names, save_confusion_png, write_json
+from evaluation.protocol import Protocol
+from evaluation.report import epoch_line, read_class_names, run_line, save_confusion_png, write_json
 
 
 def test_topk_and_per_class_match_a_loop():
@@ -62,3 +63,18 @@ def test_json_and_png_are_written_whole(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "out"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["results.json"]
+
+
+def test_the_run_line_names_the_checkpoint_videos_and_schedule():
+    cfg = Protocol(train_csv="a.csv", test_csv="b.csv", out_dir="o", pretrained="ckpt.pth", num_classes=5, epochs=1,
+                   batch_size=4, lr=0.05)
+    assert run_line("probe", cfg, train=9, held_out=3, test=7) == \
+        "probe of ckpt.pth on 9 train + 3 held-out / 7 test videos (5 classes): 1 epoch, batch 4, lr 0.05"
+    assert run_line("retrieval", cfg, train=9, test=7, trains=False) == \
+        "retrieval of ckpt.pth on 9 train / 7 test videos (5 classes)"
+
+
+def test_the_epoch_line_shows_validation_only_when_there_is_one():
+    assert epoch_line(2, 10, 1.23456, 0.5, 3.21) == "epoch 2/10: loss 1.2346, acc 0.500 (3.2 s)"
+    assert epoch_line(3, 10, 0.5, 0.75, 0.04, val_top1=0.625) == \
+        "epoch 3/10: loss 0.5000, acc 0.750, val top-1 0.625 (0.0 s)"

@@ -8,10 +8,12 @@
 
     python visualization/temporal_cam.py --pretrained runs/mfo/last.pth \\
         --train_csv data/ucf101/train_split1.csv --test_csv data/ucf101/test_split1.csv --out_dir runs/cam
+    python visualization/temporal_cam.py --demo    # the run of python train.py --demo, on its videos
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -22,15 +24,20 @@ from datasets import ClipDataset
 from datasets.loader import loader_kwargs
 from engine.checkpoint import git_commit, load_backbone, save_checkpoint
 from engine.errors import exit_on_error
-from engine.rundir import OutDirError, check_out_dir
+from engine.rundir import OutDirError, RunFiles, check_out_dir, remove_run_outputs
 from engine.run import seed_everything
-from engine.tracking import Tracker, format_args
+from engine.tracking import Tracker
+from evaluation.demo import next_line, parse_with_demo, prepare_demo
 from evaluation.loop import train_epoch
 from evaluation.protocol import check_clip_and_optimiser
-from evaluation.report import write_json
+from evaluation.report import epoch_count, epoch_line, write_json
 from models import BACKBONES, build_backbone
 from visualization.cam import (CLASS_NAMES, OrderClassifier, clip_cam, constant_cam_warning, order_head, to_rgb,
                                with_reversed, write_clip_images)
+
+# what a run writes in --out_dir (--overwrite deletes these first)
+CAM_FILES = RunFiles(names=("args.json", "order_head.pth", "order_accuracy.json", "log.jsonl", "tensorboard", "videos"),
+                     pattern=None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,10 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: none; required unless --random_init)")
     p.add_argument("--random_init", action="store_true",
                    help="use a randomly initialised backbone instead: the baseline picture (default: off)")
-    p.add_argument("--train_csv", required=True, help="CSV 'path,frames,label' whose clips train the order head")
-    p.add_argument("--test_csv", required=True,
-                   help="CSV 'path,frames,label' for the order accuracy and the pictures")
-    p.add_argument("--out_dir", required=True, help="folder for the head, the accuracy and the images")
+    p.add_argument("--train_csv", help="CSV 'path,frames,label' whose clips train the order head; required")
+    p.add_argument("--test_csv", help="CSV 'path,frames,label' for the order accuracy and the pictures; required")
+    p.add_argument("--out_dir", help="folder for the head, the accuracy and the images; required")
+    p.add_argument("--overwrite", action="store_true",
+                   help="first delete what an earlier run wrote in --out_dir (args.json, order_head.pth, "
+                        "order_accuracy.json, log.jsonl, tensorboard/, videos/); without it a run writes over "
+                        "those files and adds to the logs (default: off)")
+    p.add_argument("--demo", action="store_true",
+                   help="draw the pretraining demo's run (runs/demo/last.pth, from python train.py --demo) on the "
+                        "demo's videos (data/demo) in a minute or two, in runs/demo_cam, starting again there "
+                        "on every run; explicit flags still win; see docs/evaluation.md (default: off)")
     p.add_argument("--arch", default="r3d18", choices=BACKBONES, help="backbone architecture (default: r3d18)")
     p.add_argument("--seq", type=int, default=16,
                    help="frames per clip; at least what the backbone's temporal strides need (1, 5 for s3d) "
@@ -65,7 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="test videos to draw, the first ones of --test_csv (default: 8)")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    args = p.parse_args(argv)
+    args = parse_with_demo(p, argv, "cam")
+    missing = [f"--{name}" for name in ("train_csv", "test_csv", "out_dir") if not getattr(args, name)]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)} (or --demo)")
     if args.random_init == bool(args.pretrained):
         p.error("give exactly one of --pretrained CKPT (the backbone to visualise) and --random_init (the baseline)")
     for name in ("seq", "img_dim", "epochs", "batch_size"):
@@ -93,16 +110,19 @@ def with_reversed_batch(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_head(model: OrderClassifier, loader: DataLoader, *, epochs: int, lr: float, wd: float, lr_decay: float,
                device: torch.device, tracker: Tracker) -> None:
-    """Adam on the head only (the backbone stays frozen, in eval mode); lr x0.1 after ``lr_decay`` of the epochs."""
+    """Adam on the head only (the backbone stays frozen, in eval mode); lr x0.1 after ``lr_decay`` of the epochs.
+    One line per epoch on the terminal, its record in ``log.jsonl`` and TensorBoard."""
     opt = torch.optim.Adam(model.head.parameters(), lr=lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[round(lr_decay * epochs)], gamma=0.1)
     step = 0
     for epoch in range(epochs):
+        began = time.perf_counter()
         rate = opt.param_groups[0]["lr"]
         stats, step = train_epoch(model, loader, opt, device, tracker, epoch, step, frozen=model.backbone)
         record = {"epoch": epoch, "loss": stats["loss"], "accuracy": stats["acc"], "lr": rate}
         tracker.scalars(record, step, prefix="head/")
         tracker.epoch(record)
+        tracker.print(epoch_line(epoch + 1, epochs, stats["loss"], stats["acc"], time.perf_counter() - began))
         sched.step()
 
 
@@ -153,6 +173,8 @@ def cam(args: argparse.Namespace) -> dict:
     before anything is written (a ``UserError`` otherwise)."""
     out_dir = Path(args.out_dir)
     check_out_dir(out_dir)
+    if args.demo:
+        prepare_demo(args.pretrained, (args.train_csv, args.test_csv))
     seed_everything(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -164,13 +186,20 @@ def cam(args: argparse.Namespace) -> dict:
     backbone.requires_grad_(False)  # frozen; train_epoch keeps it in eval mode: BN keeps its running statistics
     model = OrderClassifier(backbone, order_head(backbone.channels[2])).to(device)
 
+    removed = remove_run_outputs(out_dir, CAM_FILES) if args.overwrite else []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutDirError(f"--out_dir {out_dir}: cannot create this folder ({e.strerror or e}); "
                           "pick another --out_dir") from e
     tracker = Tracker(out_dir)
-    tracker.print(format_args(vars(args), git_commit()))
+    write_json(vars(args), out_dir / "args.json")
+    tracker.print(f"temporal CAM of {args.pretrained or f'a random {args.arch} (seed {args.seed})'}: order head "
+                  f"on {len(train_set)} train videos, {epoch_count(args.epochs)}, batch {args.batch_size}, "
+                  f"lr {args.lr:g}; order accuracy on {len(test_set)} test videos, pictures of "
+                  f"{min(args.num_videos, len(test_set))} -> {out_dir} (all arguments in args.json)")
+    if removed:
+        tracker.print(f"--overwrite: removed {', '.join(removed)} from {out_dir}")
     for note in (loaded, constant_cam_warning(args.arch, args.seq, args.img_dim)):
         if note:
             tracker.print(note)
@@ -185,14 +214,16 @@ def cam(args: argparse.Namespace) -> dict:
 
     result = order_accuracy(model, test_set, chunk=args.batch_size, workers=args.workers, device=device,
                             tracker=tracker)
-    result.update(arch=args.arch, pretrained=args.pretrained, random_init=args.random_init)
-    write_json(result, out_dir / "order_accuracy.json")
+    result.update(arch=args.arch, pretrained=args.pretrained, random_init=args.random_init, git_commit=git_commit())
+    report = write_json(result, out_dir / "order_accuracy.json")
     tracker.print(f"temporal-order accuracy on {args.test_csv}: {result['order_accuracy']:.4f} "
                   f"(forward {result['forward_accuracy']:.4f}, reversed {result['reversed_accuracy']:.4f}, "
-                  f"{result['clips']} clips of {result['videos']} videos)")
+                  f"{result['clips']} clips of {result['videos']} videos) -> {report}")
 
     folders = draw_videos(model, test_set, num_videos=args.num_videos, out_dir=out_dir, device=device)
-    tracker.print(f"wrote the CAM images of {len(folders)} videos under {out_dir / 'videos'}")
+    tracker.print(f"wrote the CAM images of {len(folders)} videos under {out_dir / 'videos'} (a grid.png per clip)")
+    if args.demo:
+        tracker.print(next_line("cam"))
     tracker.close()
     return result
 

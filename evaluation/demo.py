@@ -1,0 +1,84 @@
+"""The downstream demos: ``--demo`` of ``eval_linear.py``, ``finetune.py`` and ``visualization/temporal_cam.py``.
+
+Each evaluates the pretraining demo's run (``python train.py --demo`` writes ``runs/demo/last.pth``) on the
+demo's labelled videos (``data/demo``: ``train.csv``, ``test.csv``, ``classes.txt``) in a minute or two on a
+CPU, and writes in its own folder, ``runs/demo_<name>`` (``_random_init`` added for the untrained baseline).
+Paths are relative to the current folder, as for train.py's demo. The demo's values replace the parser's
+defaults, so explicit flags still win. In its own folder a demo starts again on every run (it implies
+``--overwrite``) unless it is given ``--resume``. docs/evaluation.md lists the demos in the order to try them.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Sequence
+
+from datasets.demo import make_demo_data
+from engine.checkpoint import CheckpointError
+
+DEMO_DATA = Path("data/demo")  # where train.py's demo builds the data (train.DEMO_DATA)
+DEMO_RUN = Path("runs/demo")  # train.py's demo --out_dir
+DEMO_CHECKPOINT = DEMO_RUN / "last.pth"  # a finished or interrupted pretraining demo has it
+
+_INPUTS = dict(pretrained=str(DEMO_CHECKPOINT), train_csv=str(DEMO_DATA / "train.csv"),
+               test_csv=str(DEMO_DATA / "test.csv"), workers=0, batch_size=8, seq=8)  # train.py's demo clips
+_LABELS = dict(_INPUTS, class_names=str(DEMO_DATA / "classes.txt"), img_dim=32)
+# each demo's defaults. linear: the protocol's lr 0.1 scaled to the batch (64 -> 8); cam: 48 pixels give r3d18 a
+# 2x2 last map, so the CAM varies over the frame (32 would give one position: a flat colour)
+DEMOS = {
+    "linear": dict(_LABELS, epochs=30, schedule=[20], lr=0.01, out_dir="runs/demo_linear"),
+    "retrieval": dict(_LABELS, out_dir="runs/demo_retrieval"),
+    "finetune": dict(_LABELS, epochs=10, schedule=[8], out_dir="runs/demo_finetune"),
+    "cam": dict(_INPUTS, img_dim=48, epochs=10, num_videos=4, out_dir="runs/demo_cam"),
+}
+# what each demo suggests next, in the order of docs/evaluation.md
+NEXT = {
+    "linear": "python eval_linear.py --demo --retrieval",
+    "retrieval": "python finetune.py --demo",
+    "finetune": "python visualization/temporal_cam.py --demo",
+    "cam": "the same tools on UCF-101 / HMDB-51: docs/evaluation.md",
+}
+
+
+def demo_defaults(name: str, given: dict, out_dir_default: str) -> dict:
+    """The defaults of demo ``name`` for a command line whose first parse gave ``given`` (``vars(args)``).
+
+    ``--random_init`` drops the demo's checkpoint and gets its own folder; the demo implies ``--overwrite``
+    (where the tool has it) in its own folder, unless ``--resume`` is given."""
+    values = dict(DEMOS[name])
+    if given.get("random_init"):
+        del values["pretrained"]
+        values["out_dir"] += "_random_init"
+    if "overwrite" in given:
+        out_dir = given["out_dir"] if given["out_dir"] != out_dir_default else values["out_dir"]
+        values["overwrite"] = not given.get("resume") and out_dir == values["out_dir"]
+    return values
+
+
+def parse_with_demo(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                    name: str | Callable[[dict], str]) -> argparse.Namespace:
+    """Parse ``argv``; with ``--demo``, parse it again over the defaults of demo ``name`` (see
+    :func:`demo_defaults`; a function of the first parse's flags where they choose it), so flags given
+    explicitly still win."""
+    args = parser.parse_args(argv)
+    if args.demo:
+        given = vars(args)
+        chosen = name(given) if callable(name) else name
+        parser.set_defaults(**demo_defaults(chosen, given, parser.get_default("out_dir")))
+        args = parser.parse_args(argv)
+    return args
+
+
+def prepare_demo(pretrained: str | None, csv_files: Sequence[str]) -> None:
+    """Before anything is written: refuse a missing demo checkpoint in one line saying how to make it,
+    then build the demo data where its CSVs are used and missing (as train.py's demo does)."""
+    if pretrained == str(DEMO_CHECKPOINT) and not DEMO_CHECKPOINT.is_file():
+        raise CheckpointError(f"--demo evaluates the demo's pretraining run, {DEMO_CHECKPOINT}, and there is none "
+                              "in this folder: run python train.py --demo first (a minute or two on a CPU)")
+    if any(Path(f).parent == DEMO_DATA for f in csv_files):
+        make_demo_data(DEMO_DATA)
+
+
+def next_line(name: str) -> str:
+    """The last line of demo ``name``: what to try next."""
+    return f"next: {NEXT[name]}"
