@@ -137,7 +137,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "checkpoint; the number of processes may change")
     g.add_argument("--overwrite", action="store_true",
                    help="start again in an OUT_DIR that holds a run: deletes its last.pth, epoch_NNNN.pth, "
-                        "log.jsonl and tensorboard/ first (other files are kept)")
+                        "args.json, log.jsonl and tensorboard/ first (other files are kept)")
     g.add_argument("--keep_epochs", type=int, default=1, metavar="N",
                    help="write epoch_NNNN.pth (model weights, prototype queue and arguments: what evaluation "
                         "needs; no optimizer state, which only last.pth holds) after every N-th epoch, i.e. "

@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - not POSIX
 LOCK_NAME = ".lock"
 # atomic_write: mkstemp's random part; link_checkpoint: the writer's pid then ".link"
 TEMPORARY = re.compile(r"^\..+\.pth\.([A-Za-z0-9_]+|\d+\.link)\.tmp$")
-TRACKING = ("log.jsonl", "tensorboard")  # what engine.tracking.Tracker writes from a run's start
+TRACKING = ("args.json", "log.jsonl", "tensorboard")  # what engine.tracking.Tracker writes from a run's start
 
 
 @dataclass(frozen=True)

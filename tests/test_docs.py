@@ -146,10 +146,9 @@ END = ("&&", "||", ";", "|")
 # a flag whose value is another command line: the flags in the value are that script's
 NESTED = {("scripts/ablation.py", "--train_args"): "train.py"}
 # flags of tools that are not ours, allowed in an inline `--flag` that names no script
+# torchrun's, tensorboard's and sbatch's flags, which pages name in passing
 FOREIGN_FLAGS = {"--nnodes", "--node_rank", "--nproc_per_node", "--rdzv_backend", "--rdzv_endpoint", "--max-restarts",
-                 "--logdir"}
-# commands the evaluation demos (issue 27) add on their own branch; remove once those have merged
-PENDING = {("eval_linear.py", "--demo"), ("visualization/temporal_cam.py", "--demo")}
+                 "--logdir", "--signal", "--requeue"}
 
 
 def command_units(text: str) -> tuple[list[str], list[str]]:
@@ -253,6 +252,11 @@ def check_command(unit: str, where: str, *, inline: bool) -> list[str]:
             args.append(arg)
         if not script.endswith(".py"):
             continue
+        if script == "scripts/submit.py" and "--" in args:  # submit.py's flags -- the flags of the job's script
+            inner = args[args.index("--") + 1:]
+            args = args[:args.index("--")]
+            target = args[args.index("--script") + 1] if "--script" in args[:-1] else "train.py"
+            problems += check_flags(target, inner, where, unit)
         problems += check_flags(script, args, where, unit)
     if inline and not any(SCRIPT.fullmatch(word) for word in words) and words and words[0].startswith("--"):
         known = FOREIGN_FLAGS.union(*(options(parser_of(s), []) for s in our_scripts()))
@@ -266,7 +270,7 @@ def check_flags(script: str, args: list[str], where: str, unit: str) -> list[str
     allowed = options(parser_of(script), args)
     problems = []
     for flag, value in flags_of(args):
-        if flag not in allowed and (script, flag) not in PENDING:
+        if flag not in allowed:
             problems.append(f"{where}: {script} has no {flag}: {unit}")
         if (script, flag) in NESTED and value:
             problems += check_flags(NESTED[script, flag], shlex.split(value), where, unit)

@@ -226,8 +226,8 @@ def test_a_run_in_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritte
     out_dir, _ = full_run
     before = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
     err = run_error(csv_file, out_dir)
-    assert re.fullmatch(rf"error: --out_dir {re.escape(str(out_dir))} already holds a run \(epoch_0000.pth, "
-                        r"epoch_0001.pth, last.pth, log.jsonl and 1 more\): continue it with --resume auto, start it "
+    assert re.fullmatch(rf"error: --out_dir {re.escape(str(out_dir))} already holds a run \(args.json, "
+                        r"epoch_0000.pth, epoch_0001.pth, last.pth and 2 more\): continue it with --resume auto, start it "
                         r"again with --overwrite \(deletes its checkpoints and logs\), or pick another --out_dir", err)
     assert {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()} == before  # nothing touched
     again = tmp_path / "again"
@@ -609,7 +609,8 @@ def test_resume_auto_after_a_run_that_saved_nothing_starts_afresh(csv_file, tmp_
     (out / "log.jsonl").write_text('{"epoch": -1, "global_step": 0}\n')
     steps = run(csv_file, out, "--resume auto --max_steps 1")
     assert len(steps) == 1 and "log.jsonl" in capsys.readouterr().out  # the leftovers were named
-    assert not (out / "log.jsonl").exists() and sorted(p.name for p in out.iterdir()) == ["last.pth", "tensorboard"]
+    assert not (out / "log.jsonl").exists() and sorted(p.name for p in out.iterdir()) == ["args.json", "last.pth",
+                                                                                             "tensorboard"]
 
 
 @pytest.mark.parametrize("flags, reason", [
