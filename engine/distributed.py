@@ -295,6 +295,18 @@ def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> Non
             raise Interrupted(_STOPPED_EARLY, forward.received)
 
 
+def _torchrun_store(timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store of torchrun's ``MASTER_ADDR:MASTER_PORT`` (what ``env://`` connects to), its keys
+    under a prefix of the restart: after an elastic restart the agent's store still holds the first round's
+    keys, and a restarted rank could read a dead peer's address from them before the peer rewrote it (gloo:
+    "connectFullMesh failed ... Connection refused", about every other restart here)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it: every rank a client
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                          is_master=not agent and os.environ["RANK"] == "0", timeout=timeout,
+                          wait_for_workers=False)
+    return dist.PrefixStore(f"mfo/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+
+
 def launch(worker: Callable, payload, how: Launch = Launch()):
     """Run ``worker(ctx, payload)`` in every process this run needs; returns its result in a single process.
 
@@ -314,7 +326,9 @@ def launch(worker: Callable, payload, how: Launch = Launch()):
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        dist.init_process_group(_backend(how.backend), init_method="env://", timeout=how.timedelta)
+        dist.init_process_group(_backend(how.backend), store=_torchrun_store(how.timedelta),
+                                rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                                timeout=how.timedelta)
         try:
             return worker(Context(dist.get_rank(), dist.get_world_size(), local_rank, _device(local_rank)), payload)
         finally:

@@ -239,7 +239,7 @@ def test_a_run_in_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritte
     run(csv_file, again, "--overwrite --max_steps 1")
     out = capsys.readouterr().out
     assert "--overwrite: removed epoch_0007.pth, log.jsonl" in out and "warning: --img_dim 32 gives s3d" in out
-    assert sorted(p.name for p in again.iterdir()) == ["last.pth", "notes.txt", "tensorboard"]
+    assert sorted(p.name for p in again.iterdir()) == ["args.json", "last.pth", "notes.txt", "tensorboard"]
 
 
 def test_amp_losses_are_within_1e3_of_float32_on_the_same_batch():
