@@ -43,6 +43,7 @@ import torch
 
 import train
 from engine.device import prefetch, synchronize
+from engine.run import compile_failure
 from engine.tracking import Tracker
 from losses import Objective, PrototypeBank
 from models import BACKBONES, MFOModel
@@ -307,7 +308,7 @@ def main(argv=None) -> None:
                 r = bench_step(args.arch, repeats=args.repeats, device=device, channels_last=device.type == "cuda",
                                compile=True, **cfg)
             except Exception as error:  # noqa: BLE001 - only torch.compile's own failures are caught below
-                if not train.compile_failure(error):
+                if not compile_failure(error):
                     raise
                 cause = getattr(error, "inner_exception", None) or error
                 print(f"compile: not measured: torch.compile could not build the backbone here "
