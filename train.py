@@ -31,7 +31,7 @@ from engine.checkpoint import (CheckpointError, check_resume_flags, flag_spellin
 from engine.device import prefetch
 from engine.errors import exit_on_error
 from engine.interrupt import NOTICE, GracefulStop
-from engine.lines import closing_lines, epoch_line, history_of_monitor, reference_line, run_line
+from engine.lines import closing_lines, epoch_line, reference_line, run_line
 from engine.run import (Checkpointer, Finished, RunState, StepLog, Training, check_epochs, check_fits,
                         check_global_batch, distribute, explained, reads_at, saved_world_size, seed_everything,
                         set_train_mode)
@@ -478,6 +478,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         return {f"monitor_{k}": v for k, v in seen.items()}
 
     history: deque[dict] = deque(maxlen=HISTORY)
+    summary: dict = {}  # the last epoch's line
     warned_collapse = False
     # the global batch equals the checkpoint's, so step_in_epoch global steps are step_in_epoch local batches
     stream.set_span(run.epoch, args.epoch, skip=run.step_in_epoch * args.train_batch)
@@ -524,7 +525,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                     raise stop.interrupted(f"interrupted after epoch {epoch}; continue with --resume auto"
                                            if ctx.is_main else "")
             checkpoints.wait()
-        monitored = history_of_monitor(args.out_dir) if ctx.is_main else {}
+        monitored = {k: v for k, v in summary.items() if k.startswith("monitor_")}  # the last epoch's
         for line in closing_lines(args.out_dir, args.demo, run.reference, monitored):
             tracker.print(line)
     except Exception as e:

@@ -2,7 +2,6 @@
 and TensorBoard have every value; these are the few a person watches)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
@@ -35,14 +34,6 @@ def epoch_line(summary: dict, reference: dict, clips_per_step: int) -> str:
     seconds = summary["train_seconds"]
     parts.append(f"{clips_per_step * summary['steps'] / max(seconds, 1e-9):.1f} clips/s, {seconds:.1f} s")
     return ", ".join(parts)
-
-
-def history_of_monitor(out_dir: str) -> dict:
-    """The monitor's values of the run's last epoch line in ``log.jsonl`` ({} without a monitor)."""
-    path = Path(out_dir) / "log.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    last = json.loads(lines[-1]) if lines else {}
-    return {k: v for k, v in last.items() if k.startswith("monitor_")}
 
 
 def closing_lines(out_dir: str, demo: bool, reference: dict, monitor: dict) -> list[str]:
