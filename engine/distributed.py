@@ -168,6 +168,13 @@ class CollectiveError(UserError):
     """A collective that failed: it timed out (a rank hangs or never came) or a peer process died."""
 
 
+class PeerLost(CollectiveError):
+    """A collective whose peer process went away (killed, or crashed) in the middle of it."""
+
+
+PEER_LOST = "another rank went away in the middle of a collective (killed, or crashed)"
+
+
 class WorkerDied(UserError):
     """A spawned worker that ended without a word: killed by a signal (``kill -9``, out of memory) or crashed."""
 
@@ -185,7 +192,7 @@ def collective_failure(error: BaseException) -> str | None:
         return ("the ranks called different collectives (a rank-dependent branch: a bug of this code, please "
                 f"report it with this message: {' '.join(text.split())[:300]})")
     if "Connection closed by peer" in text or "Connection reset by peer" in text or "Broken pipe" in text:
-        return "another rank went away in the middle of a collective (killed, or crashed)"
+        return PEER_LOST
     return None
 
 
@@ -249,14 +256,21 @@ _STOPPED_EARLY = ("interrupted before the workers could save this step (while th
                   "for another in a collective); continue from the last checkpoint with --resume auto")
 
 
-def _death(error: "mp.ProcessExitedException", nprocs: int, how: Launch) -> str:
-    """One line on a spawned worker that ended without reporting an error."""
-    rank = how.node_rank * nprocs + error.error_index
-    who = f"worker {error.error_index} of {nprocs} on this machine (rank {rank})"
-    if error.signal_name:
-        cause = " (kill -9, or the kernel's out-of-memory killer)" if error.signal_name == "SIGKILL" else ""
-        return f"{who} was killed by {error.signal_name}{cause}"
-    return f"{who} exited with status {error.exit_code} without reporting an error (its output above says why)"
+def _death(index: int, exit_code: int, nprocs: int, how: Launch) -> str:
+    """One line on spawned worker ``index``, which ended with ``exit_code`` (negative: a signal) without a report."""
+    who = f"worker {index} of {nprocs} on this machine (rank {how.node_rank * nprocs + index})"
+    if exit_code < 0:
+        name = signal.Signals(-exit_code).name
+        cause = " (kill -9, or the kernel's out-of-memory killer)" if name == "SIGKILL" else ""
+        return f"{who} was killed by {name}{cause}"
+    return f"{who} exited with status {exit_code} without reporting an error (its output above says why)"
+
+
+def _silent_deaths(context, reports: str, first: int) -> list[int]:
+    """The workers that a signal ended without a report (``first`` first, if it is one)."""
+    dead = [i for i, p in enumerate(context.processes)
+            if (p.exitcode or 0) < 0 and not (Path(reports) / f"{i}.pickle").exists()]
+    return sorted(dead, key=lambda i: i != first)
 
 
 def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> None:
@@ -277,6 +291,11 @@ def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> Non
                     pass
             except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
                 reported = _reported(reports, first=e.error_index)
+                silent = _silent_deaths(context, reports, e.error_index)
+                if isinstance(reported, PeerLost) and silent and not forward.received:
+                    # the others lost a peer in a collective: the peer that a signal killed is the news
+                    index = silent[0]
+                    raise WorkerDied(_death(index, context.processes[index].exitcode, nprocs, how)) from None
                 if isinstance(reported, UserError):
                     raise reported from None
                 if forward.received and not isinstance(e, mp.ProcessRaisedException):
@@ -285,7 +304,7 @@ def _spawn(worker: Callable, payload, how: Launch, nprocs: int, url: str) -> Non
                     stopped = (e.exit_code or 0) - 128  # a worker's own stop without saving (engine.interrupt)
                     if stopped in (signal.SIGINT, signal.SIGTERM):
                         raise Interrupted(_STOPPED_EARLY, stopped) from None
-                    raise WorkerDied(_death(e, nprocs, how)) from None
+                    raise WorkerDied(_death(e.error_index, e.exit_code, nprocs, how)) from None
                 raise
         reported = _reported(reports, first=0)
         if isinstance(reported, Interrupted):

@@ -293,8 +293,9 @@ def explained(error: Exception, where: str, *, dist_timeout: float, out_dir: str
     ``compiled``, torch.compile failed; else ``error`` itself, to raise again."""
     failure = distributed.collective_failure(error)
     if failure is not None:
-        line = distributed.CollectiveError(f"{where}: {failure}; --dist-timeout is {dist_timeout:g} min. The last "
-                                           f"checkpoint in {out_dir} is intact: continue with --resume auto")
+        kind = distributed.PeerLost if failure == distributed.PEER_LOST else distributed.CollectiveError
+        line = kind(f"{where}: {failure}; --dist-timeout is {dist_timeout:g} min. The last "
+                    f"checkpoint in {out_dir} is intact: continue with --resume auto")
     elif compiled and compile_failure(error):
         cause = getattr(error, "inner_exception", None) or error  # a backend's failure, wrapped by dynamo
         reason = (str(cause).strip().splitlines() or [""])[0]
