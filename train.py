@@ -22,22 +22,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datasets import DataError, FrameDecodeError, PretrainDataset
-from datasets.demo import make_demo_data
-from datasets.loader import loader_kwargs
+from datasets import DataError, PretrainDataset
+from datasets.loader import pretrain_loader
 from engine import distributed
-from engine.checkpoint import (CheckpointError, check_resume_flags, flag_spelling, git_commit, load_checkpoint,
-                               resolve_resume, resume_hint, set_rng_state, unwrap)
+from engine.checkpoint import CheckpointError, flag_spelling, resume_hint, unwrap
 from engine.device import prefetch
-from engine.errors import exit_on_error
+from engine.errors import exit_on_error, number
 from engine.interrupt import NOTICE, GracefulStop
 from engine.lines import closing_lines, epoch_line, reference_line, run_line
-from engine.run import (Checkpointer, Finished, RunState, StepLog, Training, check_epochs, check_fits,
-                        check_global_batch, distribute, explained, reads_at, saved_world_size, seed_everything,
-                        set_train_mode)
-from engine.rundir import claim_out_dir, remove_run_outputs
-from engine.sampling import EpochStream, SeededSamples
+from engine.run import (Checkpointer, Finished, StepLog, Training, check_fits, check_global_batch, distribute,
+                        explained, open_outputs, reads_at, resume_checkpoint, seed_everything, set_train_mode)
+from engine.rundir import claim_out_dir
+from engine.sampling import EpochStream
 from engine.tracking import Tracker
+from evaluation.demo import DEMO_DATA, DEMO_RUN, parse_with_demo, prepare_demo
 from evaluation.monitor import KnnMonitor, batch_health, collapse_in
 from losses import TERMS, Objective, PrototypeBank, mfo_objective
 from models import BACKBONES, MOTION_STEPS, MFOModel
@@ -53,13 +51,8 @@ RESUME_MAY_CHANGE = ("epoch", "max_steps", "workers", "strict_data", "save_every
                      "verbose", "demo", "compile", "train_batch", "multiprocessing_distributed", "nproc",
                      "world_size", "rank", "dist_url", "dist_backend", "dist_timeout")
 
+POSITIVE_INT, PROBABILITY = number(least=1), number(float, least=0, most=1)
 HISTORY = 10_000  # per-step values train.main returns: the last this many steps (a long run's would fill memory)
-
-# `--demo`: a tiny configuration that crosses the graph split and the queue start in about two minutes on a CPU.
-DEMO_DATA = Path("data/demo")
-# One epoch file (the last): with last.pth about 540 MB on disk.
-DEMO_DEFAULTS = dict(seq=8, img_dim=32, train_batch=8, workers=0, cluster=8, epoch=4, split=2, queue_start=1,
-                     lr_decay=3, queue_size=64, save_every=0, keep_epochs=4, out_dir="runs/demo")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -67,37 +60,40 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--csv_file", default=None, help="pretraining CSV, rows `path,frames` (see scripts/make_csv.py)")
-    g.add_argument("--seq", type=int, default=16, help="frames per clip (T)")
+    g.add_argument("--seq", type=POSITIVE_INT, default=16, help="frames per clip (T)")
     g.add_argument("--sample", type=int, default=2,
                    help="clips taken back to back from each video; must be 2 (the model and the losses use "
                         "exactly clips a, b and the global clip g)")
-    g.add_argument("--img_dim", type=int, default=112,
+    g.add_argument("--img_dim", type=POSITIVE_INT, default=112,
                    help="crop size in pixels; at least the backbone's last-map stride (r3d18 and s3d 32, "
                         "r2plus1d18 16), and it warns below twice that (a last map of one position)")
-    g.add_argument("--rate", type=float, default=3.0, help="upper bound of the random frame sampling rate")
+    g.add_argument("--rate", type=number(float, least=1), default=3.0,
+                   help="upper bound of the random frame sampling rate")
     g.add_argument("--jitter", type=float, nargs=4, default=[0.5, 0.5, 0.5, 0.25], metavar=("B", "C", "S", "H"),
                    help="per-frame colour jitter strengths: brightness, contrast, saturation, hue "
                         "(0 0 0 0: none; see docs/pretraining.md 'Small data')")
-    g.add_argument("--gray_p", type=float, default=0.5, help="per-frame probability of random gray (0: never)")
-    g.add_argument("--flip_p", type=float, default=0.5, help="per-clip probability of a horizontal flip (0: never)")
-    g.add_argument("--train_batch", type=int, default=64, help="videos per batch, per process")
+    g.add_argument("--gray_p", type=PROBABILITY, default=0.5, help="per-frame probability of random gray (0: never)")
+    g.add_argument("--flip_p", type=PROBABILITY, default=0.5,
+                   help="per-clip probability of a horizontal flip (0: never)")
+    g.add_argument("--train_batch", type=POSITIVE_INT, default=64, help="videos per batch, per process")
     g.add_argument("--workers", type=int, default=8, help="data loader workers, per process")
     g.add_argument("--strict_data", action="store_true",
                    help="stop at the first unreadable frame or missing folder instead of replacing the video")
     g.add_argument("--demo", action="store_true",
-                   help=f"build a synthetic dataset in {DEMO_DATA} and pretrain a tiny configuration on it "
-                        "(explicit flags still win)")
+                   help=f"build a synthetic dataset in {DEMO_DATA} and pretrain a tiny configuration on it in "
+                        f"{DEMO_RUN}, starting again unless --resume is given (explicit flags still win)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="r3d18", choices=sorted(BACKBONES), help="backbone")
-    g.add_argument("--channel", type=int, default=128, help="embedding width C of every head")
-    g.add_argument("--cluster", type=int, default=1000, help="number of prototypes K (paper: 1000 Kinetics, 200 UCF)")
+    g.add_argument("--channel", type=POSITIVE_INT, default=128, help="embedding width C of every head")
+    g.add_argument("--cluster", type=POSITIVE_INT, default=1000,
+                   help="number of prototypes K (paper: 1000 Kinetics, 200 UCF)")
     g = p.add_argument_group("optimisation and schedule (epochs count from 0)")
-    g.add_argument("--epoch", type=int, default=100, help="number of epochs")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--wd", type=float, default=1e-5, help="Adam weight decay")
+    g.add_argument("--epoch", type=POSITIVE_INT, default=100, help="number of epochs")
+    g.add_argument("--lr", type=number(float, above=0), default=1e-3, help="Adam learning rate")
+    g.add_argument("--wd", type=number(float, least=0), default=1e-5, help="Adam weight decay")
     g.add_argument("--lr_decay", type=int, default=70, help="epoch at which the learning rate is multiplied by 0.1")
     g.add_argument("--split", type=int, default=20, help="epoch from which the graph constraint is added")
-    g.add_argument("--queue_size", type=int, default=1024, help="rows of the prototype bank (FIFO of logits)")
+    g.add_argument("--queue_size", type=POSITIVE_INT, default=1024, help="rows of the prototype bank (FIFO of logits)")
     g.add_argument("--queue_start", type=int, default=10,
                    help="epoch from which Sinkhorn runs over the whole bank instead of the current batch")
     g.add_argument("--amp", action="store_true",
@@ -126,7 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--monitor_train_csv", default=None,
                    help="labelled CSV (path,frames,label) whose videos are the kNN memory; with --monitor_test_csv")
     g.add_argument("--monitor_test_csv", default=None, help="labelled CSV whose videos the kNN classifies")
-    g.add_argument("--monitor_every", type=int, default=1, help="run the kNN monitor every this many epochs")
+    g.add_argument("--monitor_every", type=POSITIVE_INT, default=1, help="run the kNN monitor every this many epochs")
     g = p.add_argument_group("run")
     g.add_argument("--out_dir", default="runs/mfo",
                    help="folder for checkpoints, TensorBoard logs and log.jsonl; one run per folder: a folder "
@@ -138,11 +134,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true",
                    help="start again in an OUT_DIR that holds a run: deletes its last.pth, epoch_NNNN.pth, "
                         "args.json, log.jsonl and tensorboard/ first (other files are kept)")
-    g.add_argument("--keep_epochs", type=int, default=1, metavar="N",
+    g.add_argument("--keep_epochs", type=number(least=0), default=1, metavar="N",
                    help="write epoch_NNNN.pth (model weights, prototype queue and arguments: what evaluation "
                         "needs; no optimizer state, which only last.pth holds) after every N-th epoch, i.e. "
                         "epochs N-1, 2N-1, ... (1: every epoch; 0: none)")
-    g.add_argument("--log_every", type=int, default=10, metavar="STEPS",
+    g.add_argument("--log_every", type=POSITIVE_INT, default=10, metavar="STEPS",
                    help="read the loss terms every this many steps (one wait for the GPU per interval) and log "
                         "their interval means, the speed and the batch's collapse statistics to TensorBoard; "
                         "log.jsonl's epoch averages still count every step")
@@ -153,38 +149,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="base seed; worker r seeds itself with seed + r")
     g.add_argument("--verbose", action="store_true",
                    help="list every missing, unexpected and resized key when a --resume checkpoint does not fit")
-    g = p.add_argument_group("distributed")
-    g.add_argument("--multiprocessing-distributed", action="store_true",
-                   help="spawn one worker per GPU (NCCL, SyncBatchNorm), or --nproc CPU workers (gloo) without GPU")
-    g.add_argument("--nproc", type=int, default=1, help="CPU workers spawned when no GPU is present")
-    g.add_argument("--world-size", type=int, default=1, help="number of machines (nodes) for the spawn launcher")
-    g.add_argument("--rank", type=int, default=0, help="index of this machine (node) for the spawn launcher")
-    g.add_argument("--dist-url", default="auto",
-                   help="rendezvous URL, e.g. tcp://HOST:PORT; 'auto' picks a free port on 127.0.0.1 (one machine)")
-    g.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
-                   help="auto: nccl with CUDA, else gloo")
-    g.add_argument("--dist-timeout", type=float, default=30.0, metavar="MINUTES",
-                   help="a collective that waits this long for the other processes fails, and the run ends with "
-                        "one line naming the rank and the step (a hang becomes an error); a stop signal ends a "
-                        "process stuck in one within min(60 s, half of this), saving nothing")
+    distributed.add_launch_args(p)
     return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = get_args_parser()
-    args = parser.parse_args(argv)
-    if args.demo:  # demo values replace the defaults, so flags given explicitly still win
-        parser.set_defaults(**DEMO_DEFAULTS, csv_file=str(DEMO_DATA / "pretrain.csv"),
-                            monitor_train_csv=str(DEMO_DATA / "train.csv"), monitor_test_csv=str(DEMO_DATA / "test.csv"))
-        args = parser.parse_args(argv)
+    args = parse_with_demo(parser, argv, "pretrain")
     if args.csv_file is None:
         parser.error("--csv_file is required (or --demo for a run on generated data)")
-    for name in ("seq", "sample", "img_dim", "train_batch", "epoch", "cluster", "channel", "queue_size", "nproc",
-                 "log_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if not args.lr > 0 or not args.wd >= 0:
-        parser.error(f"--lr must be positive and --wd at least 0, got --lr {args.lr} --wd {args.wd}")
     least = min_seq(args.arch, MOTION_STEPS)
     if args.seq < least:
         parser.error(f"--seq {args.seq}: {args.arch} needs at least {least} frames per clip (motion excitation "
@@ -193,13 +166,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.train_batch < 2 and not launched:
         parser.error(f"--train_batch {args.train_batch}: the contrastive terms need a global batch of at least 2 "
                      "videos (one clip pair has no negatives: inst would be 0 and inst_acc 1)")
-    if args.rate < 1:
-        parser.error("--rate must be at least 1")
     if min(args.jitter) < 0 or args.jitter[3] > 0.5:
         parser.error(f"--jitter needs 4 values >= 0, the hue at most 0.5, got {' '.join(map(str, args.jitter))}")
-    for name in ("gray_p", "flip_p"):
-        if not 0 <= getattr(args, name) <= 1:
-            parser.error(f"--{name} is a probability in [0, 1], got {getattr(args, name)}")
     if args.sample != 2:
         parser.error(f"--sample {args.sample}: must be 2, the model and the losses use exactly clips a, b and g")
     stride = HIGH_STRIDE[args.arch]
@@ -207,19 +175,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--img_dim {args.img_dim}: below {stride} pixels the last feature map of {args.arch} "
                      f"(stride {stride}) is one position that sees mostly padding; use at least {stride} "
                      "(the paper uses 112)")
-    if args.keep_epochs < 0:
-        parser.error("--keep_epochs must be 0 (no epoch files) or more")
     if args.overwrite and args.resume:
         parser.error("--overwrite starts a run again, --resume continues it: give one of them")
-    for name in ("tau", "proto_tau", "sk_eps", "sk_iters", "proto_weight", "monitor_every"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    if not all(w > 0 for w in args.level_weights):
-        parser.error(f"--level_weights must be positive, got {' '.join(map(str, args.level_weights))}")
+    try:
+        objective_of(args)  # checks its constants
+    except ValueError as e:
+        parser.error(f"--{e}")
     if not 0 <= args.rank < args.world_size:
         parser.error(f"--rank {args.rank}: the index of this machine is in [0, --world-size {args.world_size})")
-    if not args.dist_timeout > 0:
-        parser.error(f"--dist-timeout must be positive (minutes), got {args.dist_timeout}")
     if (args.monitor_train_csv is None) != (args.monitor_test_csv is None):
         parser.error("--monitor_train_csv and --monitor_test_csv go together")
     return args
@@ -230,14 +193,6 @@ def objective_of(args: argparse.Namespace) -> Objective:
     return Objective(terms=tuple(t for t in TERMS if t in args.terms), tau=args.tau, proto_tau=args.proto_tau,
                      sk_eps=args.sk_eps, sk_iters=args.sk_iters, level_weights=tuple(args.level_weights),
                      proto_weight=args.proto_weight, thres=args.thres)
-
-
-
-
-
-
-
-
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: PrototypeBank, clips: torch.Tensor, *,
@@ -269,24 +224,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, bank: Prototy
     if return_outputs:
         return loss, terms, {k: v.detach() for k, v in out.items()}
     return loss, terms
-
-
-def build_loader(args, ctx: distributed.Context) -> tuple[DataLoader, EpochStream]:
-    """One DataLoader for the whole run over an :class:`EpochStream` (call its ``set_span`` first): its
-    workers start once and never wait at an epoch boundary."""
-    dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, rate=args.rate, img_dim=args.img_dim,
-                              jitter=args.jitter, gray_p=args.gray_p, flip_p=args.flip_p)
-    stream = EpochStream(dataset, batch_size=args.train_batch, num_replicas=ctx.world_size, rank=ctx.rank,
-                         seed=args.seed)
-    if stream.steps_per_epoch < 1:
-        raise DataError(f"{args.csv_file}: {len(dataset)} usable videos give {stream.epochs.num_samples} per process, "
-                        f"fewer than --train_batch {args.train_batch} x {ctx.world_size} process(es); lower "
-                        "--train_batch.")
-    samples = SeededSamples(dataset, seed=args.seed, errors=(FrameDecodeError, OSError), strict=args.strict_data)
-    loader = DataLoader(samples, batch_size=args.train_batch, sampler=stream, num_workers=args.workers,
-                        pin_memory=ctx.device.type == "cuda", prefetch_factor=2 if args.workers > 0 else None,
-                        **loader_kwargs(args.workers))
-    return loader, stream
 
 
 def train_one_epoch(training: "Training", batches, *, steps: int, args: argparse.Namespace,
@@ -362,66 +299,36 @@ def build_training(args: argparse.Namespace, ctx: distributed.Context) -> Traini
         model.channels_last()
     bank = PrototypeBank(size=args.queue_size, cluster=args.cluster,
                          generator=torch.Generator().manual_seed(args.seed)).to(ctx.device)
-    # fused: one kernel for all parameters (25x faster than the per-tensor loop on a CPU)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.wd,
-                                 fused=True)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[args.lr_decay], gamma=0.1)
-    return Training(model, optimizer, scheduler, bank, RunState())
+    return Training.adam(model, bank, lr=args.lr, wd=args.wd, decay_at=args.lr_decay)
+
+
+def build_loader(args: argparse.Namespace, ctx: distributed.Context) -> tuple[DataLoader, EpochStream]:
+    """The run's one loader of pretraining samples (``datasets.loader.pretrain_loader``) and its sampler."""
+    dataset = PretrainDataset(args.csv_file, seq=args.seq, sample=args.sample, rate=args.rate, img_dim=args.img_dim,
+                              jitter=args.jitter, gray_p=args.gray_p, flip_p=args.flip_p)
+    return pretrain_loader(dataset, batch_size=args.train_batch, workers=args.workers, rank=ctx.rank,
+                           world_size=ctx.world_size, seed=args.seed, strict=args.strict_data,
+                           pin_memory=ctx.device.type == "cuda")
 
 
 def resume_from(args: argparse.Namespace, ctx: distributed.Context, training: Training, videos: int) -> list[str]:
     """Restore ``training`` from ``--resume``'s checkpoint, if any, after checking that it continues this run
-    exactly (one line; the key lists with ``--verbose``); returns the lines to print. A finished run has
-    nothing left to do: :class:`engine.run.Finished`."""
-    path = resolve_resume(args.resume, args.out_dir)
-    if path is None:
-        return [f"--resume auto: no {Path(args.out_dir) / 'last.pth'} yet, starting from the beginning"] \
-            if args.resume else []
-    state = load_checkpoint(path)  # on the CPU: the random generators' states must stay there
-    if "optimizer" not in state:
-        raise CheckpointError(f"--resume {path} holds model weights only (an epoch file: no optimizer state); "
-                              "resume from last.pth, or evaluate this file with --pretrained")
-    check_fits(path, training.core, state, vars(args), names=("arch", "channel", "cluster"),
-               verbose=args.verbose, show=ctx.is_main)
-    check_global_batch(path, state, args.train_batch, ctx.world_size)
+    exactly (``engine.run.resume_checkpoint``, after the model, the global batch and the data); returns the lines
+    to print. A finished run has nothing left to do: :class:`engine.run.Finished`."""
+    def check(path: Path, state: dict) -> None:
+        check_fits(path, training.core, state, vars(args), names=("arch", "channel", "cluster"),
+                   verbose=args.verbose, show=ctx.is_main)
+        check_global_batch(path, state, args.train_batch, ctx.world_size)
+        if state.get("videos", videos) != videos:  # checkpoints from before this check hold no count
+            raise CheckpointError(f"--resume {path} was written for {state['videos']} usable videos in --csv_file "
+                                  f"{args.csv_file}, which now gives {videos}: the epochs would hold other samples. "
+                                  "Restore the CSV, or start a new run in another --out_dir")
+
     parser = get_args_parser()
-    check_resume_flags(state["args"], vars(args), may_change=RESUME_MAY_CHANGE, path=path,
-                       defaults={name: parser.get_default(name) for name in vars(args)}, spelling=flag_spelling(parser))
-    if state.get("videos", videos) != videos:  # checkpoints from before this check hold no count
-        raise CheckpointError(f"--resume {path} was written for {state['videos']} usable videos in --csv_file "
-                              f"{args.csv_file}, which now gives {videos}: the epochs would hold other samples. "
-                              "Restore the CSV, or start a new run in another --out_dir")
-    done, trained, step = state["epoch"], state["args"]["epoch"], state["step_in_epoch"]
-    check_epochs(done, step, args.epoch,
-                 finished=f"nothing left to do: {path} is the end of a finished run of {done} epochs; to train "
-                          "longer, give a larger --epoch with --resume auto",
-                 too_many=f"--resume {path} has trained {done} epochs and {step} steps, more than --epoch "
-                          f"{args.epoch}; give --epoch {trained} or more")
-    training.load_state_dict(state)
-    lines = [f"resumed from {path}: epoch {done}, step {step} of the epoch, global step {state['global_step']}"]
-    if args.epoch != trained:
-        lines.append(f"extending the run of --epoch {trained} to --epoch {args.epoch}")
-    if saved_world_size(state) == ctx.world_size:
-        set_rng_state(state["rng"][ctx.rank])
-    else:
-        lines.append(f"note: the checkpoint was written by {saved_world_size(state)} process(es), this run has "
-                     f"{ctx.world_size}: it continues at the same sample of the epoch (same global batch), "
-                     "but the processes' random generators restart from --seed")
-    return lines
-
-
-def end_of_epoch(training: Training, args: argparse.Namespace, objective: Objective, steps: int,
-                 watch: Callable[[int], dict] | None) -> dict:
-    """The epoch's line of ``log.jsonl``: its averages over every step (also those before a resume, whose sums
-    come from the checkpoint), the lr after this epoch, and the monitor's values when it runs."""
-    run, epoch = training.run, training.run.epoch
-    training.scheduler.step()
-    summary = {"epoch": epoch, "global_step": run.global_step, "lr": training.optimizer.param_groups[0]["lr"],
-               "steps": steps, "train_seconds": run.seconds, "replaced_videos": run.replaced, **run.means(),
-               "objective": asdict(objective)}
-    if watch is not None and ((epoch + 1) % args.monitor_every == 0 or epoch + 1 == args.epoch):
-        summary.update(watch(run.global_step))
-    return summary
+    _, state, lines = resume_checkpoint(args.resume, args.out_dir, flags=vars(args), may_change=RESUME_MAY_CHANGE,
+                                        epochs_key="epoch", spelling=flag_spelling(parser), check=check,
+                                        defaults={name: parser.get_default(name) for name in vars(args)})
+    return lines if state is None else lines + training.restore(state, ctx.rank, ctx.world_size)
 
 
 def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict]:
@@ -445,23 +352,20 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
     if args.monitor_train_csv:
         monitor = KnnMonitor(args.monitor_train_csv, args.monitor_test_csv, seq=args.seq, img_dim=args.img_dim,
                              batch_size=args.train_batch, workers=args.workers)
-    # every input is checked: from here on outputs are written
-    removed = remove_run_outputs(args.out_dir) if args.overwrite and ctx.is_main else []
-    # purge_step drops TensorBoard events an interrupted run logged after its checkpoint (all of them when
-    # --resume auto found no checkpoint yet); the same for its log.jsonl lines of unfinished epochs
-    tracker = Tracker(args.out_dir, enabled=ctx.is_main, purge_step=run.global_step + 1 if args.resume else None)
+    amp = args.amp and ctx.device.type == "cuda"
+    no_amp = "warning: --amp needs CUDA; running in float32 on CPU" if args.amp and not amp else None
+    # every input is checked: from here on outputs are written. purge_step drops TensorBoard events an interrupted
+    # run logged after its checkpoint (all of them when --resume auto found none yet); the same for log.jsonl
+    tracker = open_outputs(args.out_dir, flags=vars(args), overwrite=args.overwrite, enabled=ctx.is_main,
+                           headline=run_line(vars(args), ctx.world_size, videos, stream.steps_per_epoch),
+                           purge_step=run.global_step + 1 if args.resume else None,
+                           notes=[no_amp, img_dim_warning(args.arch, args.img_dim), *notes])
     if args.resume:
         tracker.truncate_log("epoch", below=run.epoch)
-    tracker.arguments(vars(args), git_commit(), run_line(vars(args), ctx.world_size, videos, stream.steps_per_epoch))
     objective = objective_of(args)
     settings = {k: " ".join(map(str, v)) if isinstance(v, tuple) else v for k, v in asdict(objective).items()}
     tracker.hparams({**settings, "lr": args.lr, "train_batch": args.train_batch, "arch": args.arch, "seq": args.seq,
                      "img_dim": args.img_dim})
-    amp = args.amp and ctx.device.type == "cuda"
-    for line in ([f"--overwrite: removed {', '.join(removed)} from {args.out_dir}"] if removed else []) + \
-            (["warning: --amp needs CUDA; running in float32 on CPU"] if args.amp and not amp else []) + \
-            [w for w in [img_dim_warning(args.arch, args.img_dim)] if w] + notes:
-        tracker.print(line)
     distribute(training, ctx, args.compile, args.dist_timeout)
     checkpoints = Checkpointer(args.out_dir, is_main=ctx.is_main, flush=tracker.flush)
 
@@ -469,13 +373,6 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         """A collective (every rank's random generators go into last.pth): train_one_epoch saves on shared
         counters, flags and the agreed stop, and the epoch loop below after every epoch."""
         checkpoints.save(lambda rngs: training.files(rngs, vars(args), videos, epoch_file))
-
-    def watch(step: int) -> dict[str, float]:
-        """Run the monitor (a collective under DDP: every rank runs it, at step 0 and at the epochs that
-        ``end_of_epoch`` picks from the epoch counter and flags) and log its values at ``step``."""
-        seen = monitor(training.core.backbone, ctx.device)
-        tracker.scalars({f"monitor/{k}": v for k, v in seen.items()}, step)
-        return {f"monitor_{k}": v for k, v in seen.items()}
 
     history: deque[dict] = deque(maxlen=HISTORY)
     summary: dict = {}  # the last epoch's line
@@ -489,7 +386,7 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
         with GracefulStop(notice=NOTICE if ctx.is_main else None, grace=min(60.0, 30 * args.dist_timeout),
                           where=where) as stop:
             if monitor is not None and run.global_step == 0:  # the backbone at initialisation: each curve's reference
-                run.reference = watch(0)
+                run.reference = monitor.log(training.core.backbone, ctx.device, tracker, 0)
                 tracker.epoch({"epoch": -1, "global_step": 0, **run.reference})
                 tracker.print(reference_line(run.reference))
             while run.epoch < args.epoch:
@@ -504,7 +401,10 @@ def main_worker(ctx: distributed.Context, args: argparse.Namespace) -> list[dict
                     tracker.print(f"stopped after {run.global_step} steps (--max_steps); continue with --resume auto")
                     return list(history)
                 epoch = run.epoch
-                summary = end_of_epoch(training, args, objective, stream.steps_per_epoch, watch if monitor else None)
+                summary = {**training.end_epoch(stream.steps_per_epoch), "objective": asdict(objective)}
+                # the monitor is a collective: whether it runs depends on the epoch counter and flags only
+                if monitor is not None and ((epoch + 1) % args.monitor_every == 0 or epoch + 1 == args.epoch):
+                    summary.update(monitor.log(training.core.backbone, ctx.device, tracker, run.global_step))
                 warning = collapse_in(summary, run.reference, training.core.backbone.channels[2], args.train_batch)
                 if warning and not warned_collapse:
                     warned_collapse = True
@@ -544,8 +444,8 @@ def main(argv=None) -> list[dict] | None:
     lock = None
     with exit_on_error():  # a user error, also one of a loader worker or a spawned trainer: one line, status 1
         try:
-            if args.demo and args.csv_file == str(DEMO_DATA / "pretrain.csv"):
-                make_demo_data(DEMO_DATA)
+            if args.demo:
+                prepare_demo(None, (args.csv_file,))
             if not Path(args.csv_file).is_file():
                 raise DataError(f"--csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
             if owner:

@@ -1,5 +1,5 @@
 """DataLoader settings for video clips: fork the workers, keep freed memory in the loading process, and
-leave Ctrl-C to the main process.
+leave Ctrl-C to the main process; and pretraining's one loader for a whole run (:func:`pretrain_loader`).
 
 **Fork.** A DataLoader starts its workers with the default start method of the process that builds
 it. In a plain process on Linux that is ``fork``: a worker is a copy of the trainer, ready at once.
@@ -27,7 +27,11 @@ import ctypes.util
 import multiprocessing
 import sys
 
+from torch.utils.data import DataLoader, Dataset
+
+from datasets.index import DataError, FrameDecodeError
 from engine.interrupt import worker_stop_signals
+from engine.sampling import EpochStream, SeededSamples
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit systems (half its heap size)
@@ -74,3 +78,20 @@ def loader_kwargs(workers: int) -> dict:
         keep_freed_memory()
         return {}
     return {"worker_init_fn": loader_worker_init, "multiprocessing_context": worker_context()}
+
+
+def pretrain_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, world_size: int, seed: int,
+                    strict: bool, pin_memory: bool) -> tuple[DataLoader, EpochStream]:
+    """One DataLoader of ``dataset`` (a ``PretrainDataset``) for the whole run, over an :class:`EpochStream`
+    (call its ``set_span`` first): its workers start once and never wait at an epoch boundary. An unreadable
+    video is replaced by another (``SeededSamples``), unless ``strict``. Too few videos for one step of
+    ``batch_size`` on each of ``world_size`` processes is a ``DataError``."""
+    stream = EpochStream(dataset, batch_size=batch_size, num_replicas=world_size, rank=rank, seed=seed)
+    if stream.steps_per_epoch < 1:
+        raise DataError(f"{dataset.csv_file}: {len(dataset)} usable videos give {stream.epochs.num_samples} per "
+                        f"process, fewer than --train_batch {batch_size} x {world_size} process(es); lower "
+                        "--train_batch.")
+    samples = SeededSamples(dataset, seed=seed, errors=(FrameDecodeError, OSError), strict=strict)
+    loader = DataLoader(samples, batch_size=batch_size, sampler=stream, num_workers=workers, pin_memory=pin_memory,
+                        prefetch_factor=2 if workers > 0 else None, **loader_kwargs(workers))
+    return loader, stream

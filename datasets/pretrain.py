@@ -55,7 +55,7 @@ class PretrainDataset(Dataset):
             raise ValueError(f"seq={seq}, sample={sample}, img_dim={img_dim}: all must be >= 1")
         if rate < 1:
             raise ValueError(f"rate={rate}: the maximum frame step must be >= 1")
-        self.seq, self.sample, self.rate, self.img_dim = seq, sample, rate, img_dim
+        self.csv_file, self.seq, self.sample, self.rate, self.img_dim = csv_file, seq, sample, rate, img_dim
         self.ref_size, self.crop_area, self.jitter = ref_size, crop_area, tuple(jitter)
         self.gray_p, self.flip_p = gray_p, flip_p
         records = read_csv(csv_file)

@@ -6,6 +6,7 @@ the same shape to a gather (equal local batches, e.g. a DistributedSampler with
 ``drop_last=True``).
 """
 
+import argparse
 import datetime
 import os
 import pickle
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from engine.errors import Interrupted, UserError
+from engine.errors import Interrupted, UserError, number
 from engine.interrupt import GracefulStop
 
 
@@ -162,6 +163,26 @@ class Launch:
     @property
     def timedelta(self) -> datetime.timedelta:
         return datetime.timedelta(seconds=self.timeout)
+
+
+def add_launch_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`Launch`, in the group "distributed", spelled as the paper's command spells them
+    (``--multiprocessing-distributed``, ``--world-size``, ``--rank``, ``--dist-url``); ``--dist-timeout`` is in
+    minutes."""
+    g = parser.add_argument_group("distributed")
+    g.add_argument("--multiprocessing-distributed", action="store_true",
+                   help="spawn one worker per GPU (NCCL, SyncBatchNorm), or --nproc CPU workers (gloo) without GPU")
+    g.add_argument("--nproc", type=number(least=1), default=1, help="CPU workers spawned when no GPU is present")
+    g.add_argument("--world-size", type=int, default=1, help="number of machines (nodes) for the spawn launcher")
+    g.add_argument("--rank", type=int, default=0, help="index of this machine (node) for the spawn launcher")
+    g.add_argument("--dist-url", default="auto",
+                   help="rendezvous URL, e.g. tcp://HOST:PORT; 'auto' picks a free port on 127.0.0.1 (one machine)")
+    g.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                   help="auto: nccl with CUDA, else gloo")
+    g.add_argument("--dist-timeout", type=number(float, above=0), default=30.0, metavar="MINUTES",
+                   help="a collective that waits this long for the other processes fails, and the run ends with "
+                        "one line naming the rank and the step (a hang becomes an error); a stop signal ends a "
+                        "process stuck in one within min(60 s, half of this), saving nothing")
 
 
 class CollectiveError(UserError):

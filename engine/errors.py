@@ -5,6 +5,7 @@
   bug and keeps its traceback.
 * :class:`Interrupted` ends a run that stopped on SIGINT or SIGTERM after saving what resumes it
   (see ``engine.interrupt``).
+* :func:`number` is an argparse ``type`` with bounds: a flag out of them is a parse error in one line.
 * :func:`exit_on_error` is what every entry point wraps its work in: a user error becomes the line
   ``error: <message>`` on stderr and exit status 1 (or the ``status`` given), an interruption its own
   line and status 128 + the signal number, a Ctrl-C that stops at once one line and status 130.
@@ -21,10 +22,33 @@ Errors raised in another process reach the entry point as the same type:
 """
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
+
+def number(kind: type = int, *, least: float | None = None, above: float | None = None,
+           most: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: a ``kind`` (int or float) with ``least <= value``, ``above < value`` and
+    ``value <= most`` where given. argparse turns a value out of bounds into its one-line usage error,
+    naming the flag: ``argument --seq: must be at least 1, got 0`` (status 2)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if math.isnan(value) or (least is not None and value < least) or (above is not None and value <= above) \
+                or (most is not None and value > most):
+            bounds = [f"at least {least:g}" if least is not None else "", "positive" if above == 0 else
+                      f"above {above:g}" if above is not None else "", f"at most {most:g}" if most is not None else ""]
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names a type by it in its own messages
+    return parse
+
 
 WORKER_HEADER = "Caught "  # torch's ExceptionWrapper: "Caught X in DataLoader worker process N.\nOriginal Traceback..."
 

@@ -1,6 +1,6 @@
 """A run's bookkeeping, shared by pretraining (``train.py``) and the evaluation tools: running means, the
-interval log, the checkpointer with background writes, the checks of a resume, the finished-run rule
-and seeding."""
+interval log, the checkpointer with background writes, resume (finding the file, its checks, the
+finished-run rule) and seeding."""
 from __future__ import annotations
 
 import datetime
@@ -9,17 +9,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from engine import distributed
-from engine.checkpoint import (BackgroundWriter, CheckpointError, git_commit, host_copy, key_mismatch, rng_state,
-                               save_checkpoint, unwrap)
+from engine.checkpoint import (BackgroundWriter, CheckpointError, check_resume_flags, git_commit, host_copy,
+                               key_mismatch, load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state,
+                               unwrap)
 from engine.errors import UserError
-from engine.tracking import check_finite
+from engine.rundir import TRAIN_FILES, RunFiles, remove_run_outputs
+from engine.tracking import Tracker, check_finite
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +149,14 @@ class Training:
     bank: nn.Module  # any module whose state a resume restores (pretraining's prototype queue)
     run: RunState
 
+    @classmethod
+    def adam(cls, model: nn.Module, bank: nn.Module, *, lr: float, wd: float, decay_at: int) -> "Training":
+        """A fresh run of ``model``: Adam (fused: one kernel for all parameters, 25x faster than the per-tensor
+        loop on a CPU) with the lr multiplied by 0.1 after epoch ``decay_at``."""
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=wd, fused=True)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[decay_at], gamma=0.1)
+        return cls(model, optimizer, scheduler, bank, RunState())
+
     @property
     def core(self) -> nn.Module:
         return unwrap(self.model)
@@ -166,6 +176,25 @@ class Training:
         self.bank.load_state_dict(state["bank"])
         self.run.load_state_dict(state)
 
+    def restore(self, state: dict, rank: int, world_size: int) -> list[str]:
+        """:meth:`load_state_dict`, and this rank's random generators when as many processes wrote ``state``
+        (the exact continuation); else the note that they restart from the seed."""
+        self.load_state_dict(state)
+        if saved_world_size(state) == world_size:
+            set_rng_state(state["rng"][rank])
+            return []
+        return [f"note: the checkpoint was written by {saved_world_size(state)} process(es), this run has "
+                f"{world_size}: it continues at the same sample of the epoch (same global batch), but the "
+                "processes' random generators restart from --seed"]
+
+    def end_epoch(self, steps: int) -> dict:
+        """Step the lr schedule at the end of the epoch in progress; its summary: the averages over every step
+        (also those before a resume, whose sums come from the checkpoint) and the lr after it."""
+        self.scheduler.step()
+        run = self.run
+        return {"epoch": run.epoch, "global_step": run.global_step, "lr": self.optimizer.param_groups[0]["lr"],
+                "steps": steps, "train_seconds": run.seconds, "replaced_videos": run.replaced, **run.means()}
+
     def files(self, rngs: list[dict], flags: Mapping, videos: int, epoch_file: str | None) -> dict:
         """``last.pth`` (everything an exact resume needs: ``rngs``, every rank's random generators, and
         their number) and ``epoch_file`` when given (what an evaluation needs), for :meth:`Checkpointer.save`."""
@@ -174,6 +203,22 @@ class Training:
         last = {**weights, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rngs, "world_size": len(rngs), "videos": videos, **self.run.state_dict()}
         return {**({epoch_file: weights} if epoch_file else {}), "last.pth": last}
+
+
+def open_outputs(out_dir: str | Path, *, flags: Mapping, headline: str, overwrite: bool = False,
+                 files: RunFiles = TRAIN_FILES, notes: Iterable[str | None] = (), purge_step: int | None = None,
+                 enabled: bool = True) -> Tracker:
+    """A run's outputs, opened once every input is checked: with ``overwrite`` what an earlier run wrote
+    (``files``) deleted first; the tracker (``purge_step``: see ``engine.tracking.Tracker``); every flag and
+    the git commit in ``args.json``; then ``headline`` (what the run does and where), what was removed and the
+    ``notes`` that are not None, printed. Writes and prints nothing where not ``enabled`` (ranks but 0)."""
+    removed = remove_run_outputs(out_dir, files) if overwrite and enabled else []
+    tracker = Tracker(out_dir, enabled=enabled, purge_step=purge_step)
+    tracker.arguments(flags, git_commit(), headline)
+    for line in [f"--overwrite: removed {', '.join(removed)} from {out_dir}"] * bool(removed) + list(notes):
+        if line:
+            tracker.print(line)
+    return tracker
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -242,6 +287,49 @@ def check_epochs(done: int, step_in_epoch: int, epochs: int, *, too_many: str, f
         raise CheckpointError(too_many)
     if finished is not None and done == epochs:
         raise Finished(finished)
+
+
+def resume_checkpoint(resume: str | None, out_dir: str | Path, *, flags: Mapping, may_change: Iterable[str],
+                      epochs_key: str, finished: str | None = "", first_epoch: int = 0, defaults: Mapping | None = None,
+                      spelling: Mapping[str, str] | None = None, check: Callable[[Path, dict], None] | None = None
+                      ) -> tuple[Path | None, dict | None, list[str]]:
+    """The checkpoint that ``--resume`` names, its state (None, None without one), checked to continue the run
+    of ``flags`` (``vars(args)``), and the lines to print. Reads only.
+
+    Refuses in one line (:class:`CheckpointError`): a file without optimizer state (weights only, as an
+    epoch or best file); what ``check(path, state)`` refuses (the caller's checks of the file's contents, e.g.
+    :func:`check_fits`, run before the flags are compared: they say more); flags other than the checkpoint's
+    beyond ``may_change`` (``defaults`` and ``spelling``: see ``engine.checkpoint.check_resume_flags``); more
+    epochs trained than ``flags[epochs_key]`` (a run cannot be shortened). A checkpoint at the end of its
+    epochs is a finished run: :class:`Finished`, whose line ends with ``finished`` (None: not finished, e.g.
+    still to be tested).
+    ``first_epoch``: the number of the first epoch in the tool's lines (0 or 1)."""
+    path = resolve_resume(resume, out_dir)
+    if path is None:
+        return None, None, [f"--resume auto: no {Path(out_dir) / 'last.pth'} yet, starting from the beginning"] \
+            if resume else []
+    state = load_checkpoint(path)  # on the CPU: the random generators' states must stay there
+    if "optimizer" not in state or "args" not in state:
+        raise CheckpointError(f"--resume {path} holds model weights only (no optimizer state: an epoch or best file, "
+                              "what --pretrained reads); resume from the run's last.pth")
+    if check is not None:
+        check(path, state)
+    check_resume_flags(state["args"], flags, may_change=may_change, path=path, defaults=defaults, spelling=spelling)
+    epochs_flag = (spelling or {}).get(epochs_key, f"--{epochs_key}")
+    done, step = state["epoch"], state.get("step_in_epoch", 0)
+    epochs, trained = flags[epochs_key], state["args"].get(epochs_key)
+    check_epochs(done, step, epochs,
+                 too_many=f"--resume {path} has trained {done} epochs and {step} steps, more than {epochs_flag} "
+                          f"{epochs}: a run cannot be shortened; give {epochs_flag} {done + bool(step)} or more",
+                 finished=None if finished is None else
+                 f"nothing left to do: {path} is the end of a finished run of {done} epochs{finished}; to train "
+                 f"longer, give a larger {epochs_flag} with --resume auto")
+    lines = [f"resumed from {path}: epoch {done + first_epoch}, step {step} of the epoch, global step "
+             f"{state.get('global_step', state.get('step'))}"]
+    if trained is not None and trained != epochs:
+        lines.append(f"{'extending' if epochs > trained else 'shortening'} the run of {epochs_flag} {trained} to "
+                     f"{epochs_flag} {epochs}")
+    return path, state, lines
 
 
 def saved_world_size(state: dict) -> int:

@@ -1,11 +1,12 @@
-"""The downstream demos: ``--demo`` of ``eval_linear.py``, ``finetune.py`` and ``visualization/temporal_cam.py``.
+"""The demos: ``--demo`` of ``train.py``, ``eval_linear.py``, ``finetune.py`` and ``visualization/temporal_cam.py``.
 
-Each evaluates the pretraining demo's run (``python train.py --demo`` writes ``runs/demo/last.pth``) on the
-demo's labelled videos (``data/demo``: ``train.csv``, ``test.csv``, ``classes.txt``) in a minute or two on a
-CPU, and writes in its own folder, ``runs/demo_<name>`` (``_random_init`` added for the untrained baseline).
-Paths are relative to the current folder, as for train.py's demo. The demo's values replace the parser's
-defaults, so explicit flags still win. In its own folder a demo starts again on every run (it implies
-``--overwrite``) unless it is given ``--resume``. docs/evaluation.md lists the demos in the order to try them.
+``python train.py --demo`` builds generated videos in ``data/demo`` and pretrains a tiny configuration on them
+in ``runs/demo``. Each downstream demo evaluates that run (``runs/demo/last.pth``) on the demo's labelled
+videos (``train.csv``, ``test.csv``, ``classes.txt``) in a minute or two on a CPU, and writes in its own
+folder, ``runs/demo_<name>`` (``_random_init`` added for the untrained baseline). Paths are relative to the
+current folder. The demo's values replace the parser's defaults, so explicit flags still win. In its own
+folder a demo starts again on every run (it implies ``--overwrite``) unless it is given ``--resume``.
+docs/evaluation.md lists the downstream demos in the order to try them.
 """
 from __future__ import annotations
 
@@ -16,16 +17,23 @@ from typing import Callable, Sequence
 from datasets.demo import make_demo_data
 from engine.checkpoint import CheckpointError
 
-DEMO_DATA = Path("data/demo")  # where train.py's demo builds the data (train.DEMO_DATA)
+DEMO_DATA = Path("data/demo")  # where every demo builds the data when it is missing
 DEMO_RUN = Path("runs/demo")  # train.py's demo --out_dir
 DEMO_CHECKPOINT = DEMO_RUN / "last.pth"  # a finished or interrupted pretraining demo has it
 
+# train.py's: it crosses the graph split and the queue start in about a minute on a CPU, and keeps one epoch file
+# (the last): with last.pth about 540 MB on disk
+_PRETRAIN = dict(seq=8, img_dim=32, train_batch=8, workers=0, cluster=8, epoch=4, split=2, queue_start=1, lr_decay=3,
+                 queue_size=64, save_every=0, keep_epochs=4, out_dir=str(DEMO_RUN),
+                 csv_file=str(DEMO_DATA / "pretrain.csv"), monitor_train_csv=str(DEMO_DATA / "train.csv"),
+                 monitor_test_csv=str(DEMO_DATA / "test.csv"))
 _INPUTS = dict(pretrained=str(DEMO_CHECKPOINT), train_csv=str(DEMO_DATA / "train.csv"),
-               test_csv=str(DEMO_DATA / "test.csv"), workers=0, batch_size=8, seq=8)  # train.py's demo clips
+               test_csv=str(DEMO_DATA / "test.csv"), workers=0, batch_size=8, seq=_PRETRAIN["seq"])
 _LABELS = dict(_INPUTS, class_names=str(DEMO_DATA / "classes.txt"), img_dim=32)
 # each demo's defaults. linear: the protocol's lr 0.1 scaled to the batch (64 -> 8); cam: 48 pixels give r3d18 a
 # 2x2 last map, so the CAM varies over the frame (32 would give one position: a flat colour)
 DEMOS = {
+    "pretrain": _PRETRAIN,
     "linear": dict(_LABELS, epochs=30, schedule=[20], lr=0.01, out_dir="runs/demo_linear"),
     "retrieval": dict(_LABELS, out_dir="runs/demo_retrieval"),
     "finetune": dict(_LABELS, epochs=10, schedule=[8], out_dir="runs/demo_finetune"),

@@ -25,15 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import (CheckpointError, check_resume_flags, git_commit, load_backbone, load_checkpoint,
-                               resolve_resume, save_checkpoint, set_rng_state)
+from engine.checkpoint import (CheckpointError, git_commit, load_backbone, load_checkpoint, save_checkpoint,
+                               set_rng_state)
 from engine.interrupt import GracefulStop
-from engine.run import Checkpointer, Finished, RunState, check_epochs
-from engine.rundir import RunFiles, claim_out_dir, remove_run_outputs
+from engine.run import Checkpointer, Finished, RunState, open_outputs, resume_checkpoint
+from engine.rundir import RunFiles, claim_out_dir
 from engine.tracking import Tracker, check_finite
 from evaluation.data import class_names, train_loader, video_loader
 from evaluation.metrics import accuracy_report
-from evaluation.protocol import RESUME_MAY_CHANGE, Protocol
+from evaluation.protocol import RESUME_MAY_CHANGE, SPELLING, Protocol
 from evaluation.report import epoch_line, save_confusion_png, write_json
 from models import VideoClassifier
 
@@ -82,33 +82,15 @@ def _finished_results(cfg: Protocol) -> dict | None:
 
 
 def resume_state(cfg: Protocol) -> tuple[dict | None, list[str]]:
-    """The checkpoint ``cfg.resume`` names (None without one), checked to continue this run; and notes.
-
-    Refuses (``CheckpointError``) a checkpoint written with other flags than this run's, except
-    ``RESUME_MAY_CHANGE``, and one that trained more epochs than ``cfg.epochs``. A run that trained them
-    all and was tested is finished (``engine.run.Finished``, with the line to print). Reads only."""
-    path = resolve_resume(cfg.resume, cfg.out_dir)
-    if path is None:
-        return None, []
-    state = load_checkpoint(path)
-    if "optimizer" not in state or "args" not in state:
-        raise CheckpointError(f"--resume {path} is not the last.pth of eval_linear.py or finetune.py (no optimizer "
-                              "state or arguments); resume from the run's last.pth")
-    check_resume_flags(state["args"], cfg.flags, may_change=RESUME_MAY_CHANGE, path=path)
-    done, before = state["epoch"], state["args"].get("epochs")
-    results = _finished_results(cfg)
-    check_epochs(done, state.get("step_in_epoch", 0), cfg.epochs,
-                 too_many=f"--epochs {cfg.epochs}: {path} has trained {done} epochs already; a run cannot be "
-                          f"shortened: give --epochs {before or done} or more, or start a new run in another --out_dir",
-                 finished=None if results is None else
-                 f"nothing left to do: {cfg.out_dir} holds a finished run of {cfg.epochs} epochs "
-                 f"({Path(cfg.out_dir) / 'results.json'}: top-1 {100 * results['top1']:.2f}%); to train it longer, "
-                 "give a larger --epochs with --resume auto")
-    notes = [f"resuming from {path} (epoch {done} done"
-             + (f", {state['step_in_epoch']} steps of epoch {done + 1})" if state.get("step_in_epoch") else ")")]
-    if before is not None and before == done < cfg.epochs:
-        notes.append(f"extending the finished run of {before} epochs to {cfg.epochs} (--epochs)")
-    return state, notes
+    """The checkpoint ``cfg.resume`` names (None without one), checked to continue this run
+    (``engine.run.resume_checkpoint``: flags but ``RESUME_MAY_CHANGE``, epochs), and the lines to print. A run
+    that trained all its epochs and was tested is finished (``engine.run.Finished``). Reads only."""
+    results = _finished_results(cfg) if cfg.resume else None
+    tested = None if results is None else \
+        f" ({Path(cfg.out_dir) / 'results.json'}: top-1 {100 * results.get('top1', float('nan')):.2f}%)"
+    _, state, lines = resume_checkpoint(cfg.resume, cfg.out_dir, flags=cfg.flags, may_change=RESUME_MAY_CHANGE,
+                                        epochs_key="epochs", first_epoch=1, spelling=SPELLING, finished=tested)
+    return state, lines
 
 
 @contextmanager
@@ -131,15 +113,11 @@ def downstream_run(cfg: Protocol, notes: tuple[str, ...] = (), headline: str = "
     lock, claim_notes = claim_out_dir(cfg.out_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite, files=EVAL_FILES)
     tracker = None
     try:
-        removed = remove_run_outputs(cfg.out_dir, EVAL_FILES) if cfg.overwrite else []
         with GracefulStop() as stop:
-            tracker = Tracker(cfg.out_dir, purge_step=state["step"] if state else None)
-            arguments = write_json(dict(cfg.flags), Path(cfg.out_dir) / "args.json")
-            tracker.print(f"{headline or cfg.checkpoint_name} -> {cfg.out_dir} (all arguments in {arguments.name})")
-            if removed:
-                tracker.print(f"--overwrite: removed {', '.join(removed)} from {cfg.out_dir}")
-            for note in (*claim_notes, *notes, *resume_notes):
-                tracker.print(note)
+            tracker = open_outputs(cfg.out_dir, flags=cfg.flags, headline=f"{headline or cfg.checkpoint_name} -> "
+                                   f"{cfg.out_dir}", overwrite=cfg.overwrite, files=EVAL_FILES,
+                                   notes=(*claim_notes, *notes, *resume_notes),
+                                   purge_step=state["step"] if state else None)
             yield Run(tracker=tracker, state=state, device=device(), stop=stop)
     finally:
         if tracker is not None:

@@ -268,6 +268,14 @@ class KnnMonitor:
         scores = distributed.all_gather_object(scores)[0]  # a collective on every rank: only what it holds differs
         return {**scores, "seconds": time.perf_counter() - tic}
 
+    def log(self, backbone: nn.Module, device: torch.device, tracker, step: int) -> dict[str, float]:
+        """The scores of :meth:`__call__` (a collective: every rank calls it at the same step), logged to
+        ``tracker`` (an ``engine.tracking.Tracker``) at ``step`` as ``monitor/<key>``; returned as
+        ``monitor_<key>``, their names in ``log.jsonl``."""
+        scores = self(backbone, device)
+        tracker.scalars({f"monitor/{k}": v for k, v in scores.items()}, step)
+        return {f"monitor_{k}": v for k, v in scores.items()}
+
 
 def batch_health(out: dict[str, Tensor]) -> dict[str, float]:
     """Collapse statistics of one training batch's embeddings: ``erank_<level>`` and ``std_<level>``.

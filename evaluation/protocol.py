@@ -23,6 +23,8 @@ VIEWS = ("center", "five", "ten")
 # The flags a resume (--resume) may change; every other flag must equal the checkpoint's (see docs/downstream.md
 # "Stopping and resuming a run"): --epochs extends a run, the others do not change what is computed.
 RESUME_MAY_CHANGE = ("class_names", "epochs", "out_dir", "overwrite", "resume", "workers")
+# the flags whose command-line name is not their attribute's (the older spelling is an alias)
+SPELLING = {"epochs": "--epoch", "batch_size": "--train_batch"}
 
 
 def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: float, wd: float, epochs: int,
@@ -79,8 +81,8 @@ def add_downstream_args(parser: argparse.ArgumentParser, *, out_dir: str, lr: fl
     run.add_argument("--resume", default="",
                      help="'auto' continues from out_dir/last.pth if present (else starts, removing what a run that "
                           "saved nothing left), or a checkpoint path; the flags must be the checkpoint's, except "
-                          f"{' '.join('--' + name for name in RESUME_MAY_CHANGE if name != 'resume')}; a larger "
-                          "--epoch extends a finished run (default: none)")
+                          f"{' '.join(SPELLING.get(n, '--' + n) for n in RESUME_MAY_CHANGE if n != 'resume')}; "
+                          "a larger --epoch extends a finished run (default: none)")
     run.add_argument("--overwrite", action="store_true",
                      help="start again in an --out_dir that holds a run: deletes its last.pth, best.pth, results.json, "
                           "confusion.png, log.jsonl and tensorboard/ first (cached features and other files are kept)")

@@ -136,3 +136,27 @@ def test_exit_on_error_leaves_bugs_alone():
         with exit_on_error():
             raise torch.multiprocessing.ProcessRaisedException("Traceback ...\nKeyError: 'x'", 1, 42)
     assert str(info.value.code).startswith("error in a worker process:\nTraceback")
+
+
+@pytest.mark.parametrize("kind, bounds, text, expected", [
+    (int, dict(least=1), "1", 1), (int, dict(least=1), "0", "must be at least 1, got 0"),
+    (float, dict(above=0), "1e-3", 1e-3), (float, dict(above=0), "0", "must be positive, got 0"),
+    (float, dict(above=0), "nan", "must be positive, got nan"),
+    (float, dict(least=0, most=1), "1", 1.0), (float, dict(least=0, most=1), "1.5", "must be at least 0 and at most 1, got 1.5"),
+    (float, dict(least=0, most=1), "-0.1", "must be at least 0 and at most 1, got -0.1"),
+    (int, dict(least=0), "2.5", "invalid int value: '2.5'"),
+])
+def test_number_is_an_argparse_type_whose_bounds_are_one_usage_line(kind, bounds, text, expected, capsys):
+    import argparse
+
+    from engine.errors import number
+
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--x", type=number(kind, **bounds))
+    if not isinstance(expected, str):
+        value = parser.parse_args(["--x", text]).x
+        assert value == expected and type(value) is kind
+        return
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--x", text])
+    assert info.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"tool: error: argument --x: {expected}"

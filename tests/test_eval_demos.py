@@ -60,11 +60,15 @@ def flags_of(parse, argv) -> dict:
 
 
 def test_the_demos_evaluate_what_the_pretraining_demo_writes():
-    assert DEMO_DATA == train.DEMO_DATA and str(DEMO_CHECKPOINT.parent) == train.DEMO_DEFAULTS["out_dir"]
-    for name, values in DEMOS.items():
-        assert values["seq"] == train.DEMO_DEFAULTS["seq"], name
+    pretrain = vars(train.parse_args(["--demo"]))
+    assert pretrain["out_dir"] == str(DEMO_CHECKPOINT.parent) and pretrain["csv_file"] == str(DEMO_DATA / "pretrain.csv")
+    assert (pretrain["monitor_train_csv"], pretrain["monitor_test_csv"]) == (str(DEMO_DATA / "train.csv"),
+                                                                             str(DEMO_DATA / "test.csv"))
+    for name in sorted(COMMANDS):
+        values = DEMOS[name]
+        assert values["seq"] == pretrain["seq"], name
         assert values["train_csv"] == str(DEMO_DATA / "train.csv") and values["pretrained"] == str(DEMO_CHECKPOINT)
-    assert {DEMOS[name]["img_dim"] for name in ("linear", "retrieval", "finetune")} == {train.DEMO_DEFAULTS["img_dim"]}
+    assert {DEMOS[name]["img_dim"] for name in ("linear", "retrieval", "finetune")} == {pretrain["img_dim"]}
     arch = train.get_args_parser().get_default("arch")
     assert eval_linear.parse_args(["--demo"]).arch == finetune.parse_args(["--demo"]).arch == arch
     assert temporal_cam.parse_args(["--demo"]).arch == arch
@@ -84,6 +88,16 @@ def test_demo_values_replace_the_defaults_and_explicit_flags_win(name):
     assert not baseline["pretrained"] and baseline["out_dir"] == DEMOS[name]["out_dir"] + "_random_init"
     if name in ("linear", "finetune"):
         assert vars(parse([*argv, "--resume", "auto"]))["overwrite"] is False  # continues, deletes nothing
+
+
+def test_the_pretraining_demo_starts_again_in_its_own_folder_only():
+    """A second ``train.py --demo`` starts again (as the evaluation demos do) instead of asking for --resume auto or
+    --overwrite; with --resume, or in a folder of the user's, it deletes nothing."""
+    args = vars(train.parse_args(["--demo"]))
+    assert {k: args[k] for k in DEMOS["pretrain"]} == DEMOS["pretrain"] and args["overwrite"] is True
+    assert vars(train.parse_args(["--demo", "--resume", "auto"]))["overwrite"] is False
+    mine = vars(train.parse_args(["--demo", "--out_dir", "runs/mine", "--epoch", "9"]))
+    assert (mine["overwrite"], mine["epoch"], mine["seq"]) == (False, 9, DEMOS["pretrain"]["seq"])
 
 
 @pytest.mark.parametrize("parse, message", [
@@ -130,7 +144,7 @@ def test_a_random_init_demo_needs_no_pretraining_and_builds_the_data(tmp_path, m
 def check_headline(line: str, what: str, root: Path, name: str, schedule: str = "") -> None:
     values = DEMOS[name]
     assert line == (f"{what} of {DEMO_CHECKPOINT} on {videos(root, 'train')} train / {videos(root, 'test')} test "
-                    f"videos (4 classes){schedule} -> {values['out_dir']} (all arguments in args.json)")
+                    f"videos (4 classes){schedule} -> {values['out_dir']} (every argument: {values['out_dir']}/args.json)")
 
 
 def check_epochs(lines: list[str], epochs: int) -> None:
@@ -154,7 +168,7 @@ def test_linear_probe_demo(folder, monkeypatch, capsys):
     saved = json.loads((out / "results.json").read_text())
     assert saved["test_videos"] == tested and 0 <= saved["top1"] <= 1 and saved["top1"] == results["top1"]
     assert saved["top1"] * tested == pytest.approx(round(saved["top1"] * tested))  # a count of test videos
-    assert json.loads((out / "args.json").read_text()) == saved["args"] == flags_of(
+    assert json.loads((out / "args.json").read_text())["args"] == saved["args"] == flags_of(
         eval_linear.parse_args, ["--demo", "--epochs", str(epochs), "--schedule", "1"])
     assert len((out / "log.jsonl").read_text().splitlines()) == epochs
 
@@ -164,7 +178,7 @@ def test_linear_probe_demo(folder, monkeypatch, capsys):
                        f"tensorboard from {DEMOS['linear']['out_dir']}"
     check_epochs(lines, 1)
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
-    assert json.loads((out / "args.json").read_text())["epochs"] == 1
+    assert json.loads((out / "args.json").read_text())["args"]["epochs"] == 1
 
 
 def test_retrieval_demo(folder, monkeypatch, capsys):
@@ -183,7 +197,7 @@ def test_retrieval_demo(folder, monkeypatch, capsys):
     assert all(0 <= saved[a] <= saved[b] <= 1 for a, b in zip(keys, keys[1:]))
     assert all(saved[k] * tested == pytest.approx(round(saved[k] * tested)) for k in keys)
     assert saved["recall@50"] == 1.0  # the whole gallery holds every class
-    assert json.loads((out / "args.json").read_text()) == flags_of(eval_linear.parse_args, ["--demo", "--retrieval"])
+    assert json.loads((out / "args.json").read_text())["args"] == flags_of(eval_linear.parse_args, ["--demo", "--retrieval"])
 
     again = eval_linear.main(["--demo", "--retrieval"])  # a rerun just works, from the cached features
     assert again == recalls and any(line.startswith("features read from the cache") for line in lines_of(capsys))
@@ -204,7 +218,7 @@ def test_finetune_demo(folder, monkeypatch, capsys):
     assert saved["protocol"] == "fine-tuning" and saved["test_videos"] == tested == len(results["per_class_accuracy"])
     assert 0 <= saved["top1"] <= saved["top5"] <= 1
     assert saved["top1"] * tested == pytest.approx(round(saved["top1"] * tested))
-    assert json.loads((out / "args.json").read_text()) == flags_of(
+    assert json.loads((out / "args.json").read_text())["args"] == flags_of(
         finetune.parse_args, ["--demo", "--epochs", str(epochs), "--schedule"])
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == list(
         range(1, epochs + 1))
@@ -222,11 +236,11 @@ def test_temporal_cam_demo(folder, monkeypatch, capsys):
                         f"1 epoch, batch {values['batch_size']}, "
                         f"lr {temporal_cam.parse_args(['--demo']).lr:g}; order accuracy on "
                         f"{videos(folder, 'test')} test videos, pictures of {drawn} -> {values['out_dir']} "
-                        "(all arguments in args.json)")
+                        f"(every argument: {values['out_dir']}/args.json)")
     check_epochs(lines, epochs)
     assert lines[-1] == f"next: {NEXT['cam']}"
     assert 0 <= result["order_accuracy"] <= 1
-    assert json.loads((out / "args.json").read_text()) == flags_of(temporal_cam.parse_args,
+    assert json.loads((out / "args.json").read_text())["args"] == flags_of(temporal_cam.parse_args,
                                                                     ["--demo", "--epochs", str(epochs)])
     folders = sorted((out / "videos").iterdir())
     assert len(folders) == drawn

@@ -299,17 +299,17 @@ def test_a_finished_run_has_nothing_left_to_do_and_a_larger_epochs_extends_it(tm
     capsys.readouterr()
     _, _, done = run_fit(out, 2, resume="auto")
     assert done == {"top1": 0.5, "args": {"epochs": 2}}
-    assert capsys.readouterr().out == (f"nothing left to do: {out} holds a finished run of 2 epochs "
-                                       f"({out / 'results.json'}: top-1 50.00%); to train it longer, give a larger "
-                                       "--epochs with --resume auto\n")
+    assert capsys.readouterr().out == (f"nothing left to do: {out / 'last.pth'} is the end of a finished run of 2 "
+                                       f"epochs ({out / 'results.json'}: top-1 50.00%); to train longer, give a "
+                                       "larger --epoch with --resume auto\n")
     full, _, _ = run_fit(tmp_path / "full", 3)
     extended, _, chosen = run_fit(out, 3, resume="auto", net_seed=5)
-    assert "extending the finished run of 2 epochs to 3 (--epochs)" in capsys.readouterr().out
+    assert "extending the run of --epoch 2 to --epoch 3" in capsys.readouterr().out
     assert chosen["epoch"] == 3
     for a, b in zip(full.state_dict().values(), extended.state_dict().values()):
         assert (a - b).abs().max().item() == 0.0
-    with pytest.raises(CheckpointError, match=r"--epochs 2: \S+last.pth has trained 3 epochs already; a run cannot "
-                                              r"be shortened: give --epochs 3 or more"):
+    with pytest.raises(CheckpointError, match=r"--resume \S+last.pth has trained 3 epochs and 0 steps, more than "
+                                              r"--epoch 2: a run cannot be shortened; give --epoch 3 or more"):
         run_fit(out, 2, resume="auto")
 
 
@@ -318,7 +318,7 @@ def test_a_resume_with_other_flags_is_refused_naming_each(tmp_path):
     with pytest.raises(CheckpointError) as info:
         run_fit(tmp_path, 2, resume="auto", flags={"seq": 8, "wd": 1e-3, "lr": 0.1, "workers": 0})
     assert str(info.value).startswith(f"--resume {tmp_path / 'last.pth'} was written with other flags: "
-                                      "--lr 0.5 -> 0.1, --seq 16 -> 8. A resume keeps the flags of the run (only --class_names --epochs "
+                                      "--lr 0.5 -> 0.1, --seq 16 -> 8. A resume keeps the flags of the run (only --class_names --epoch "
                                       "--out_dir --overwrite --resume --workers may change)")
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.run import (Checkpointer, Finished, RunningMeans, RunState, StepLog, check_epochs, check_global_batch,
-                        reads_at, saved_world_size, seed_everything)
+                        open_outputs, reads_at, resume_checkpoint, saved_world_size, seed_everything)
 from engine.tracking import NonFiniteLossError
 
 
@@ -88,3 +88,63 @@ def test_seed_everything_seeds_python_numpy_and_torch():
         seed_everything(5)
         draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
     assert draws[0] == draws[1]
+
+
+def write_last(out: Path, epoch: int, step: int, epochs: int, **more) -> Path:
+    """A last.pth as a run of ``--epochs`` flags writes it after ``epoch`` epochs and ``step`` steps."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"optimizer": {}, "epoch": epoch, "step_in_epoch": step, "global_step": 10 * epoch + step,
+                     "args": {"epochs": epochs, "lr": 0.1, **more}}, out / "last.pth")
+    return out / "last.pth"
+
+
+def test_resume_checkpoint_finds_checks_and_describes_the_file(tmp_path):
+    flags = {"epochs": 4, "lr": 0.1}
+    resume = lambda **kw: resume_checkpoint(kw.pop("resume", "auto"), tmp_path, flags=kw.pop("flags", flags),  # noqa
+                                            may_change=("epochs",), epochs_key="epochs", **kw)
+    assert resume(resume="") == (None, None, [])
+    assert resume() == (None, None, [f"--resume auto: no {tmp_path / 'last.pth'} yet, starting from the beginning"])
+    path = write_last(tmp_path, epoch=2, step=3, epochs=4)
+    found, state, lines = resume(first_epoch=1)
+    assert found == path and state["global_step"] == 23
+    assert lines == [f"resumed from {path}: epoch 3, step 3 of the epoch, global step 23"]  # epoch 3 of 1, 2, ...
+    assert resume()[2] == [f"resumed from {path}: epoch 2, step 3 of the epoch, global step 23"]  # of 0, 1, ...
+    assert resume(flags={"epochs": 6, "lr": 0.1})[2][1] == "extending the run of --epochs 4 to --epochs 6"
+    assert resume(flags={"epochs": 3, "lr": 0.1})[2][1] == "shortening the run of --epochs 4 to --epochs 3"
+    with pytest.raises(CheckpointError, match=r"has trained 2 epochs and 3 steps, more than --epoch 2: a run cannot be "
+                                              r"shortened; give --epoch 3 or more"):  # epoch 2 is under way
+        resume(flags={"epochs": 2, "lr": 0.1}, spelling={"epochs": "--epoch"})
+    with pytest.raises(CheckpointError, match=r"other flags: --lr 0.1 -> 0.2"):
+        resume(flags={"epochs": 4, "lr": 0.2})
+
+    def refuse(where, saved):
+        raise CheckpointError(f"{where} does not fit (global step {saved['global_step']})")
+
+    with pytest.raises(CheckpointError, match=r"last.pth does not fit \(global step 23\)"):  # before the flags
+        resume(flags={"epochs": 4, "lr": 0.2}, check=refuse)
+    write_last(tmp_path, epoch=4, step=0, epochs=4)
+    with pytest.raises(Finished, match=r"^nothing left to do: \S+last.pth is the end of a finished run of 4 epochs "
+                                       r"\(tested\); to train longer, give a larger --epochs with --resume auto$"):
+        resume(finished=" (tested)")
+    assert resume(finished=None)[1]["epoch"] == 4  # not finished for the caller (e.g. still to be tested)
+    save_checkpoint({"model": {}, "epoch": 1}, tmp_path / "epoch_0000.pth")
+    with pytest.raises(CheckpointError, match="holds model weights only .* resume from the run's last.pth"):
+        resume(resume=str(tmp_path / "epoch_0000.pth"))
+
+
+def test_open_outputs_removes_an_earlier_run_writes_the_flags_and_prints_headline_then_notes(tmp_path, capsys):
+    import json
+
+    (tmp_path / "log.jsonl").write_text("{}\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    tracker = open_outputs(tmp_path, flags={"lr": 0.1}, headline="a run -> here", overwrite=True,
+                           notes=("first", None, "second"))
+    tracker.close()
+    assert capsys.readouterr().out.splitlines() == [f"a run -> here (every argument: {tmp_path / 'args.json'})",
+                                                    f"--overwrite: removed log.jsonl from {tmp_path}", "first",
+                                                    "second"]
+    assert json.loads((tmp_path / "args.json").read_text())["args"] == {"lr": 0.1}
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "log.jsonl").exists()
+    silent = open_outputs(tmp_path / "rank1", flags={}, headline="x", enabled=False)
+    silent.close()
+    assert capsys.readouterr().out == "" and not (tmp_path / "rank1").exists()

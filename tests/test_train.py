@@ -21,6 +21,7 @@ from datasets import read_csv
 from datasets.demo import make_demo_data
 from datasets.index import write_csv
 from engine.checkpoint import load_backbone, load_checkpoint, save_checkpoint
+from engine.run import RunState
 from evaluation.monitor import collapse_warning
 from losses import PrototypeBank
 from models import MFOModel
@@ -86,7 +87,7 @@ def test_paper_readme_commands_parse(command, cluster, epoch, lr_decay, split, c
 def test_demo_flags_lose_to_explicit_ones():
     args = train.parse_args(["--demo", "--epoch", "9", "--thres", "0.2"])
     assert args.thres == 0.2
-    assert args.epoch == 9 and args.seq == train.DEMO_DEFAULTS["seq"] and args.out_dir == "runs/demo"
+    assert args.epoch == 9 and args.seq == 8 and args.out_dir == "runs/demo"
     assert args.split < args.epoch and args.queue_start < args.epoch  # the demo runs every loss term
 
 
@@ -191,7 +192,7 @@ def test_epoch_files_hold_what_evaluation_needs_and_last_holds_the_rest(full_run
     backbone = MFOModel("s3d", channel=16, cluster=4).backbone
     assert load_backbone(backbone, out_dir / "epoch_0000.pth")["summary"].startswith("loaded ")
     err = run_error(csv_file, tmp_path / "from_epoch", f"--resume {out_dir / 'epoch_0000.pth'}")
-    assert "holds model weights only" in err and "resume from last.pth" in err
+    assert "holds model weights only" in err and "resume from the run's last.pth" in err
 
 
 def test_resume_from_a_foreign_file_is_one_line(csv_file, full_run, tmp_path, capsys):
@@ -408,7 +409,8 @@ def test_augmentation_flags_reach_the_dataset(csv_file, capsys):
     loader, _ = train.build_loader(args, train.distributed.Context(0, 1, 0, torch.device("cpu")))
     dataset = loader.dataset.dataset  # SeededSamples -> PretrainDataset
     assert dataset.jitter == (0.2, 0.0, 0.1, 0.05) and dataset.gray_p == 0.0 and dataset.flip_p == 0.25
-    for bad, message in (("--gray_p 1.5", "--gray_p is a probability"), ("--flip_p -0.1", "--flip_p is a probability"),
+    for bad, message in (("--gray_p 1.5", "argument --gray_p: must be at least 0 and at most 1, got 1.5"),
+                         ("--flip_p -0.1", "argument --flip_p: must be at least 0 and at most 1, got -0.1"),
                          ("--jitter 0.5 0.5 0.5 0.6", "--jitter needs"), ("--jitter -1 0 0 0", "--jitter needs")):
         with pytest.raises(SystemExit):
             train.parse_args(shlex.split(f"--csv_file {csv_file} {bad}"))
@@ -464,7 +466,7 @@ def test_logged_step_times_add_up_to_the_loop_wall_time_and_values_are_read_per_
 
     args = train.parse_args(shlex.split("--csv_file unused.csv --arch s3d --seq 8 --img_dim 32 --train_batch 2 "
                                         "--cluster 4 --channel 16 --queue_size 16 --log_every 2 --save_every 0"))
-    tracker, state, history = Recorder(), train.RunState(epoch=1), []
+    tracker, state, history = Recorder(), RunState(epoch=1), []
     bank = PrototypeBank(size=16, cluster=4, generator=torch.Generator().manual_seed(0))
     training = train.Training(model, torch.optim.Adam(model.parameters()), None, bank, state)  # no lr schedule
     tic = time.perf_counter()
@@ -600,7 +602,8 @@ def test_resume_refuses_changed_flags_and_says_when_a_run_is_finished_or_extende
     assert len(rest) == 2 and "extending the run of --epoch 2 to --epoch 3" in capsys.readouterr().out
     assert [x["epoch"] for x in log_lines(out)] == [0, 1, 2]
     err = run_error(csv_file, out, "--resume auto --epoch 2")
-    assert "has trained 3 epochs and 0 steps, more than --epoch 2; give --epoch 3 or more" in err
+    assert "has trained 3 epochs and 0 steps, more than --epoch 2: a run cannot be shortened; give --epoch 3 " \
+           "or more" in err
 
 
 def test_resume_auto_after_a_run_that_saved_nothing_starts_afresh(csv_file, tmp_path, capsys):
@@ -615,12 +618,15 @@ def test_resume_auto_after_a_run_that_saved_nothing_starts_afresh(csv_file, tmp_
 
 @pytest.mark.parametrize("flags, reason", [
     ("--seq 1", "--seq 1: s3d needs at least 5 frames per clip"),
-    ("--lr -0.01", "--lr must be positive and --wd at least 0, got --lr -0.01"),
-    ("--wd -1", "--lr must be positive and --wd at least 0"),
+    ("--lr -0.01", "argument --lr: must be positive, got -0.01"),
+    ("--wd -1", "argument --wd: must be at least 0, got -1"),
+    ("--epoch 0", "argument --epoch: must be at least 1, got 0"),
+    ("--keep_epochs -1", "argument --keep_epochs: must be at least 0, got -1"),
+    ("--rate 0.5", "argument --rate: must be at least 1, got 0.5"),
     ("--train_batch 1", "--train_batch 1: the contrastive terms need a global batch of at least 2 videos"),
     ("--world-size 2 --rank 2", "--rank 2: the index of this machine is in [0, --world-size 2)"),
     ("--rank -1", "--rank -1: the index of this machine is in [0, --world-size 1)"),
-    ("--dist-timeout 0", "--dist-timeout must be positive (minutes), got 0.0")])
+    ("--dist-timeout 0", "argument --dist-timeout: must be positive, got 0")])
 def test_values_that_cannot_train_are_refused_at_parse_time(flags, reason, capsys):
     with pytest.raises(SystemExit) as info:
         train.parse_args(shlex.split(f"{TINY} --csv_file x.csv {flags}"))

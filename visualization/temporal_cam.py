@@ -24,8 +24,8 @@ from datasets import ClipDataset
 from datasets.loader import loader_kwargs
 from engine.checkpoint import git_commit, load_backbone, save_checkpoint
 from engine.errors import exit_on_error
-from engine.rundir import OutDirError, RunFiles, check_out_dir, remove_run_outputs
-from engine.run import seed_everything
+from engine.rundir import OutDirError, RunFiles, check_out_dir
+from engine.run import open_outputs, seed_everything
 from engine.tracking import Tracker
 from evaluation.demo import next_line, parse_with_demo, prepare_demo
 from evaluation.loop import train_epoch
@@ -186,23 +186,17 @@ def cam(args: argparse.Namespace) -> dict:
     backbone.requires_grad_(False)  # frozen; train_epoch keeps it in eval mode: BN keeps its running statistics
     model = OrderClassifier(backbone, order_head(backbone.channels[2])).to(device)
 
-    removed = remove_run_outputs(out_dir, CAM_FILES) if args.overwrite else []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutDirError(f"--out_dir {out_dir}: cannot create this folder ({e.strerror or e}); "
                           "pick another --out_dir") from e
-    tracker = Tracker(out_dir)
-    write_json(vars(args), out_dir / "args.json")
-    tracker.print(f"temporal CAM of {args.pretrained or f'a random {args.arch} (seed {args.seed})'}: order head "
-                  f"on {len(train_set)} train videos, {epoch_count(args.epochs)}, batch {args.batch_size}, "
-                  f"lr {args.lr:g}; order accuracy on {len(test_set)} test videos, pictures of "
-                  f"{min(args.num_videos, len(test_set))} -> {out_dir} (all arguments in args.json)")
-    if removed:
-        tracker.print(f"--overwrite: removed {', '.join(removed)} from {out_dir}")
-    for note in (loaded, constant_cam_warning(args.arch, args.seq, args.img_dim)):
-        if note:
-            tracker.print(note)
+    tracker = open_outputs(out_dir, flags=vars(args), overwrite=args.overwrite, files=CAM_FILES,
+                           headline=f"temporal CAM of {args.pretrained or f'a random {args.arch} (seed {args.seed})'}: "
+                           f"order head on {len(train_set)} train videos, {epoch_count(args.epochs)}, batch "
+                           f"{args.batch_size}, lr {args.lr:g}; order accuracy on {len(test_set)} test videos, "
+                           f"pictures of {min(args.num_videos, len(test_set))} -> {out_dir}",
+                           notes=(loaded, constant_cam_warning(args.arch, args.seq, args.img_dim)))
 
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=False, collate_fn=with_reversed_batch,
