@@ -445,7 +445,7 @@ def main(argv=None) -> list[dict] | None:
     with exit_on_error():  # a user error, also one of a loader worker or a spawned trainer: one line, status 1
         try:
             if args.demo:
-                prepare_demo(None, (args.csv_file,))
+                prepare_demo(None, [f for f in (args.csv_file, args.monitor_train_csv, args.monitor_test_csv) if f])
             if not Path(args.csv_file).is_file():
                 raise DataError(f"--csv_file {args.csv_file}: no such file (make one with scripts/make_csv.py)")
             if owner:

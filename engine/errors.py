@@ -29,6 +29,9 @@ import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+WORKER_HEADER = "Caught "  # torch's ExceptionWrapper: "Caught X in DataLoader worker process N.\nOriginal Traceback..."
+
+
 def number(kind: type = int, *, least: float | None = None, above: float | None = None,
            most: float | None = None) -> Callable[[str], float]:
     """An argparse ``type``: a ``kind`` (int or float) with ``least <= value``, ``above < value`` and
@@ -50,7 +53,6 @@ def number(kind: type = int, *, least: float | None = None, above: float | None 
     return parse
 
 
-WORKER_HEADER = "Caught "  # torch's ExceptionWrapper: "Caught X in DataLoader worker process N.\nOriginal Traceback..."
 
 
 def _type_name(cls: type) -> str:

@@ -320,12 +320,13 @@ def resume_checkpoint(resume: str | None, out_dir: str | Path, *, flags: Mapping
     epochs, trained = flags[epochs_key], state["args"].get(epochs_key)
     check_epochs(done, step, epochs,
                  too_many=f"--resume {path} has trained {done} epochs and {step} steps, more than {epochs_flag} "
-                          f"{epochs}: a run cannot be shortened; give {epochs_flag} {done + bool(step)} or more",
+                          f"{epochs}: a run cannot be shortened; give {epochs_flag} {done + bool(step)} or more, or start a "
+                          "new run in another --out_dir",
                  finished=None if finished is None else
                  f"nothing left to do: {path} is the end of a finished run of {done} epochs{finished}; to train "
                  f"longer, give a larger {epochs_flag} with --resume auto")
-    lines = [f"resumed from {path}: epoch {done + first_epoch}, step {step} of the epoch, global step "
-             f"{state.get('global_step', state.get('step'))}"]
+    at = f"all {done} epochs trained" if done == epochs else f"epoch {done + first_epoch}, step {step} of the epoch"
+    lines = [f"resumed from {path}: {at}, global step {state.get('global_step', state.get('step'))}"]
     if trained is not None and trained != epochs:
         lines.append(f"{'extending' if epochs > trained else 'shortening'} the run of {epochs_flag} {trained} to "
                      f"{epochs_flag} {epochs}")

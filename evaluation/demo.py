@@ -48,18 +48,13 @@ NEXT = {
 }
 
 
-def demo_defaults(name: str, given: dict, out_dir_default: str) -> dict:
-    """The defaults of demo ``name`` for a command line whose first parse gave ``given`` (``vars(args)``).
-
-    ``--random_init`` drops the demo's checkpoint and gets its own folder; the demo implies ``--overwrite``
-    (where the tool has it) in its own folder, unless ``--resume`` is given."""
+def demo_defaults(name: str, given: dict) -> dict:
+    """The defaults of demo ``name`` for a command line whose first parse gave ``given`` (``vars(args)``):
+    ``--random_init`` drops the demo's checkpoint and gets its own folder."""
     values = dict(DEMOS[name])
     if given.get("random_init"):
         del values["pretrained"]
         values["out_dir"] += "_random_init"
-    if "overwrite" in given:
-        out_dir = given["out_dir"] if given["out_dir"] != out_dir_default else values["out_dir"]
-        values["overwrite"] = not given.get("resume") and out_dir == values["out_dir"]
     return values
 
 
@@ -67,13 +62,17 @@ def parse_with_demo(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                     name: str | Callable[[dict], str]) -> argparse.Namespace:
     """Parse ``argv``; with ``--demo``, parse it again over the defaults of demo ``name`` (see
     :func:`demo_defaults`; a function of the first parse's flags where they choose it), so flags given
-    explicitly still win."""
+    explicitly still win. The demo implies ``--overwrite`` (where the tool has it) when it writes in its own
+    folder, unless ``--resume`` is given: decided on the folder the run will write, so that ``--out_dir``
+    naming another folder (also the tool's default one, where real runs live) never deletes anything."""
     args = parser.parse_args(argv)
     if args.demo:
         given = vars(args)
-        chosen = name(given) if callable(name) else name
-        parser.set_defaults(**demo_defaults(chosen, given, parser.get_default("out_dir")))
+        values = demo_defaults(name(given) if callable(name) else name, given)
+        parser.set_defaults(**values)
         args = parser.parse_args(argv)
+        if hasattr(args, "overwrite"):
+            args.overwrite = args.overwrite or (not getattr(args, "resume", "") and args.out_dir == values["out_dir"])
     return args
 
 

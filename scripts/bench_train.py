@@ -43,7 +43,7 @@ import torch
 
 import train
 from engine.device import prefetch, synchronize
-from engine.run import compile_failure
+from engine.run import RunState, compile_failure
 from engine.tracking import Tracker
 from losses import Objective, PrototypeBank
 from models import BACKBONES, MFOModel
@@ -181,7 +181,7 @@ def bench_loop(arch: str, batch: int, seq: int, img: int, amp: bool, steps: int,
         ctx = train.distributed.Context(0, 1, 0, device)
         loop_seconds = []
         for _ in range(2):  # the first pass warms the prefetcher's stream and the TensorBoard writer
-            training = train.Training(model, optimizer, None, bank, train.RunState(epoch=1))  # no lr schedule
+            training = train.Training(model, optimizer, None, bank, RunState(epoch=1))  # no lr schedule
             batches = prefetch(((host, replaced) for _ in range(steps)), device)
             synchronize(device)
             tic = time.perf_counter()

@@ -210,7 +210,7 @@ def plan(args: argparse.Namespace, flags: list[str]) -> Plan:
     if getattr(given, "multiprocessing_distributed", False):
         raise UserError("--multiprocessing-distributed: the job starts one process per GPU itself (env://, as "
                         "torchrun); drop it")
-    if given.overwrite:
+    if given.overwrite and any(f == "--overwrite" for f in flags):  # a --demo's own is dropped by --resume auto
         raise UserError("--overwrite: every start of the job would delete the run again; remove the old run's "
                         "files yourself, or pick another --out_dir")
     retrieval = getattr(given, "retrieval", False)

@@ -25,3 +25,13 @@ def test_largest_kernels_counts_device_events_only_and_gives_their_share():
 
     what, rows = bench_train.largest_kernels(events, "cpu", n=5)
     assert "CPU" in what and rows == [("aten::convolution", pytest.approx(1.0), pytest.approx(50 / 1e3 / 3))]
+
+
+def test_the_loop_benchmark_runs_train_py_s_own_epoch_loop():
+    """``--loop`` builds its run state from engine.run (train.py no longer re-exports RunState: it raised
+    AttributeError before) and times train.train_one_epoch against the bare step."""
+    import torch
+
+    result = bench_train.bench_loop("s3d", batch=2, seq=8, img=32, amp=False, steps=1, device=torch.device("cpu"))
+    assert set(result) == {"bare_s", "loop_s", "ratio"} and result["bare_s"] > 0 and result["loop_s"] > 0
+    assert result["ratio"] == pytest.approx(result["bare_s"] / result["loop_s"])

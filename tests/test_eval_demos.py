@@ -83,6 +83,9 @@ def test_demo_values_replace_the_defaults_and_explicit_flags_win(name):
     assert {k: args[k] for k in DEMOS[name]} == DEMOS[name] and args["overwrite"] is True
     mine = vars(parse([*argv, "--epochs", "3", "--out_dir", "elsewhere"]))
     assert (mine["epochs"], mine["out_dir"], mine["overwrite"]) == (3, "elsewhere", False)  # not another folder
+    if name in ("linear", "finetune"):  # the tool's default folder, where real runs live, named: nothing is deleted
+        real = parse(["--train_csv", "a.csv", "--test_csv", "b.csv", "--random_init"]).out_dir
+        assert real != DEMOS[name]["out_dir"] and parse([*argv, "--out_dir", real]).overwrite is False
     assert mine["seq"] == DEMOS[name]["seq"] and mine["pretrained"] == str(DEMO_CHECKPOINT)
     baseline = vars(parse([*argv, "--random_init"]))
     assert not baseline["pretrained"] and baseline["out_dir"] == DEMOS[name]["out_dir"] + "_random_init"
@@ -98,6 +101,9 @@ def test_the_pretraining_demo_starts_again_in_its_own_folder_only():
     assert vars(train.parse_args(["--demo", "--resume", "auto"]))["overwrite"] is False
     mine = vars(train.parse_args(["--demo", "--out_dir", "runs/mine", "--epoch", "9"]))
     assert (mine["overwrite"], mine["epoch"], mine["seq"]) == (False, 9, DEMOS["pretrain"]["seq"])
+    # the folder of real runs (train.py's default --out_dir) named explicitly: the demo deletes nothing there
+    assert train.parse_args(["--demo", "--out_dir", train.get_args_parser().get_default("out_dir")]).overwrite is False
+    assert train.parse_args(["--demo", "--out_dir", "runs/demo"]).overwrite is True  # the demo's own, named
 
 
 @pytest.mark.parametrize("parse, message", [

@@ -126,7 +126,8 @@ def test_resume_checkpoint_finds_checks_and_describes_the_file(tmp_path):
     with pytest.raises(Finished, match=r"^nothing left to do: \S+last.pth is the end of a finished run of 4 epochs "
                                        r"\(tested\); to train longer, give a larger --epochs with --resume auto$"):
         resume(finished=" (tested)")
-    assert resume(finished=None)[1]["epoch"] == 4  # not finished for the caller (e.g. still to be tested)
+    _, state, lines = resume(finished=None, first_epoch=1)  # not finished for the caller (e.g. still to be tested)
+    assert state["epoch"] == 4 and lines == [f"resumed from {path}: all 4 epochs trained, global step 40"]
     save_checkpoint({"model": {}, "epoch": 1}, tmp_path / "epoch_0000.pth")
     with pytest.raises(CheckpointError, match="holds model weights only .* resume from the run's last.pth"):
         resume(resume=str(tmp_path / "epoch_0000.pth"))

@@ -48,6 +48,12 @@ def test_the_job_resumes_its_run_and_refuses_flags_that_a_requeue_would_repeat(c
     assert plan(["--script", "eval_linear.py"], probe).argv == (*shlex.split(probe), "--resume", "auto")
     retrieval = plan(["--script", "eval_linear.py"], probe + " --retrieval")  # trains nothing: no --resume
     assert retrieval.argv == tuple(shlex.split(probe + " --retrieval")) and retrieval.job_dir == Path("runs/p_slurm")
+    # a demo starts again in its own folder (an implied --overwrite): a job resumes it instead of refusing it
+    demo = plan(CPU, "--demo")
+    assert demo.argv == ("--demo", "--out_dir", "runs/demo", "--resume", "auto")
+    import train
+
+    assert train.parse_args(list(demo.argv)).overwrite is False
     assert plan(["--script", "finetune.py"], probe).tasks == 1
     for ours, theirs, line in [
         (CPU, f"{TINY} --csv_file k.csv --overwrite", "error: --overwrite: every start of the job would delete"),
