@@ -166,14 +166,12 @@ record() {  # record OK LINE
     [ "$1" = yes ] || failed=$((failed + 1))
 }
 
-# every job's pretraining: a tiny s3d run of 10 epochs on 2 CPU tasks
-TINY=(--arch s3d --seq 8 --img_dim 32 --train_batch 2 --workers 1 --cluster 4 --queue_size 16 --channel 16 --epoch 10
-      --split 1 --queue_start 1 --lr_decay 1 --keep_epochs 0)
-
 # (a) to the end
 tic=$SECONDS
 python scripts/submit.py --partition check --time 10 --gpus_per_node 0 --tasks_per_node 2 --cpus_per_task 1 \
-    -- --csv_file "$WORK/data/pretrain.csv" --out_dir "$WORK/a" "${TINY[@]}"
+    -- --csv_file "$WORK/data/pretrain.csv" --out_dir "$WORK/a" --arch s3d --seq 8 --img_dim 32 --train_batch 2 \
+    --workers 1 --cluster 4 --queue_size 16 --channel 16 --epoch 10 --split 1 --queue_start 1 --lr_decay 1 \
+    --keep_epochs 0
 job=$(job_of "$WORK/a"); JOBS+=("$job")
 state=$(wait_end "$job" 600)
 steps=$("$PYTHON" -c 'import json, sys; print(json.loads(open(sys.argv[1]).readlines()[-1])["global_step"])' \
@@ -184,7 +182,9 @@ record $ok "(a) to the end:      job $job $state, $(field "$job" Restarts) reque
 # (b) scontrol requeue mid-epoch
 tic=$SECONDS
 python scripts/submit.py --partition check --time 10 --gpus_per_node 0 --tasks_per_node 2 --cpus_per_task 1 \
-    -- --csv_file "$WORK/data/pretrain.csv" --out_dir "$WORK/b" "${TINY[@]}"
+    -- --csv_file "$WORK/data/pretrain.csv" --out_dir "$WORK/b" --arch s3d --seq 8 --img_dim 32 --train_batch 2 \
+    --workers 1 --cluster 4 --queue_size 16 --channel 16 --epoch 10 --split 1 --queue_start 1 --lr_decay 1 \
+    --keep_epochs 0
 job=$(job_of "$WORK/b"); JOBS+=("$job")
 for _ in $(seq 600); do  # epoch 0 done (its line in log.jsonl), then a few steps into epoch 1
     [ -s "$WORK/b/log.jsonl" ] && break
@@ -205,7 +205,9 @@ record $ok "(b) scontrol requeue: job $job $state, $restarts requeue(s), ${where
 tic=$SECONDS
 python scripts/submit.py --partition check --time 1 --signal_delay 20 --max_timeouts 100 --gpus_per_node 0 \
     --tasks_per_node 2 --cpus_per_task 1 \
-    -- --csv_file "$WORK/data/pretrain.csv" --out_dir "$WORK/c" "${TINY[@]}"
+    -- --csv_file "$WORK/data/pretrain.csv" --out_dir "$WORK/c" --arch s3d --seq 8 --img_dim 32 --train_batch 2 \
+    --workers 1 --cluster 4 --queue_size 16 --channel 16 --epoch 10 --split 1 --queue_start 1 --lr_decay 1 \
+    --keep_epochs 0
 job=$(job_of "$WORK/c"); JOBS+=("$job")
 state=$(wait_end "$job" 1200)
 restarts=$(field "$job" Restarts)
@@ -219,7 +221,9 @@ record $ok "(c) time limit:      job $job $state, $restarts requeue(s) after $wa
 # (d) a user error
 tic=$SECONDS
 python scripts/submit.py --partition check --time 10 --gpus_per_node 0 --tasks_per_node 2 --cpus_per_task 1 \
-    -- --csv_file "$WORK/missing.csv" --out_dir "$WORK/d" "${TINY[@]}"
+    -- --csv_file "$WORK/missing.csv" --out_dir "$WORK/d" --arch s3d --seq 8 --img_dim 32 --train_batch 2 \
+    --workers 1 --cluster 4 --queue_size 16 --channel 16 --epoch 10 --split 1 --queue_start 1 --lr_decay 1 \
+    --keep_epochs 0
 job=$(job_of "$WORK/d"); JOBS+=("$job")
 state=$(wait_end "$job" 300)
 last=$(grep -v "^srun: \|^slurmstepd" "$WORK/d/slurm/${job}_0_log.err" | tail -n 1)  # srun adds its own lines
